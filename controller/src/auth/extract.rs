@@ -1,0 +1,52 @@
+//! Extractors that authenticate a request: `AuthUser` for any signed-in user, `AdminUser` for admins.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::users::{self, SessionUser};
+use crate::audit::Audit;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::now_unix;
+
+pub struct AuthUser(pub SessionUser);
+
+pub struct AdminUser(pub SessionUser);
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| ApiError::Unauthorized("Not authenticated".into()))?;
+        let claims = state
+            .tokens
+            .verify(token)
+            .ok_or_else(|| ApiError::Unauthorized("Invalid or expired token".into()))?;
+        let session = state
+            .store
+            .call(move |c| Ok(users::active_session(c, &claims.jti, &claims.sub, now_unix())?))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("Token has been revoked".into()))?;
+        Audit::from_parts(parts).user(&session.username);
+        Ok(AuthUser(session))
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
+        if !user.is_admin {
+            return Err(ApiError::Forbidden("Admin privileges required".into()));
+        }
+        Ok(AdminUser(user))
+    }
+}

@@ -1,0 +1,301 @@
+//! Authentication and user management: `/api/auth/*`.
+
+pub mod extract;
+pub mod passwords;
+pub mod rate_limit;
+pub mod tokens;
+pub mod users;
+
+use std::sync::LazyLock;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::audit::Audit;
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::ClientIp;
+use crate::state::AppState;
+use crate::store::{Store, now_unix};
+pub use extract::{AdminUser, AuthUser};
+use users::UserInfo;
+
+const DEFAULT_ADMIN: &str = "admin";
+
+static USERNAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_-]{3,50}$").unwrap_or_else(|_| unreachable!()));
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(delete_user))
+}
+
+/// On first start (no users at all) creates `admin`/`admin`, flagged to change its password.
+pub async fn ensure_default_admin(store: &Store, bcrypt_cost: u32) -> anyhow::Result<()> {
+    if store.call(|c| Ok(users::count(c)?)).await? > 0 {
+        return Ok(());
+    }
+    let hash = passwords::hash(DEFAULT_ADMIN.to_string(), bcrypt_cost).await?;
+    let created = store
+        .call(move |c| Ok(users::insert(c, DEFAULT_ADMIN, &hash, true, true, now_unix())?))
+        .await?;
+    if created {
+        tracing::warn!("created the default user admin/admin: change its password now");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: i64,
+    pub username: String,
+    pub is_admin: bool,
+    pub must_change_password: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    pub message: String,
+}
+
+impl Message {
+    fn new(m: impl Into<String>) -> Json<Message> {
+        Json(Message { message: m.into() })
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    /// 8 to 128 characters.
+    pub new_password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    /// 3 to 50 of `a-z A-Z 0-9 _ -`.
+    pub username: String,
+    /// 8 to 128 characters.
+    pub password: String,
+    #[serde(default)]
+    pub is_admin: bool,
+}
+
+/// Sign in. Failed attempts are limited per client address and per username.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = TokenResponse),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts; see Retry-After", body = ErrorBody),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    audit: Audit,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    audit.action("auth.login").user(&req.username).target(&req.username);
+    let limiter_keys = vec![
+        format!("ip:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
+        format!("user:{}", req.username.to_lowercase()),
+    ];
+    if let Some(retry_after_secs) = state.login_limiter.blocked(&limiter_keys) {
+        return Err(ApiError::TooManyRequests {
+            detail: format!("Too many failed login attempts; try again in {retry_after_secs} s"),
+            retry_after_secs,
+        });
+    }
+    // bcrypt reads at most 72 bytes; refusing huge inputs early keeps hashing cheap for attackers' junk.
+    let plausible = USERNAME_RE.is_match(&req.username) && req.password.len() <= 1024;
+    let stored = if plausible {
+        let username = req.username.clone();
+        state.store.call(move |c| Ok(users::password_hash(c, &username)?)).await?
+    } else {
+        None
+    };
+    let (hash, is_admin) = match stored {
+        Some((hash, is_admin)) => (Some(hash), is_admin),
+        None => (None, false),
+    };
+    if !passwords::verify(req.password, hash, state.settings.bcrypt_cost).await? {
+        state.login_limiter.record_failure(&limiter_keys);
+        return Err(ApiError::Unauthorized("Incorrect username or password".into()));
+    }
+    let now = now_unix();
+    let (token, claims) = state.tokens.issue(&req.username, is_admin, now)?;
+    let username = req.username.clone();
+    let user = state
+        .store
+        .call(move |c| {
+            users::insert_session(c, &claims.jti, &claims.sub, claims.iat, claims.exp)?;
+            Ok(users::get(c, &username)?)
+        })
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("Incorrect username or password".into()))?;
+    Ok(Json(TokenResponse {
+        access_token: token,
+        token_type: "bearer".into(),
+        expires_in: tokens::TOKEN_LIFETIME_SECS,
+        username: user.username,
+        is_admin: user.is_admin,
+        must_change_password: user.must_change_password,
+    }))
+}
+
+/// Revoke the token used for this request.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Message), (status = 401, body = ErrorBody)))]
+async fn logout(State(state): State<AppState>, audit: Audit, AuthUser(user): AuthUser) -> ApiResult<Json<Message>> {
+    audit.action("auth.logout").target(&user.username);
+    state.store.call(move |c| Ok(users::revoke_session(c, &user.jti, now_unix())?)).await?;
+    Ok(Message::new("Logged out"))
+}
+
+/// The signed-in user.
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = UserInfo), (status = 401, body = ErrorBody)))]
+async fn me(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<UserInfo>> {
+    let info = state.store.call(move |c| Ok(users::get(c, &user.username)?)).await?;
+    info.map(Json).ok_or_else(|| ApiError::Unauthorized("User no longer exists".into()))
+}
+
+/// Change your own password. Every other token of yours stops working.
+#[utoipa::path(post, path = "/api/auth/change-password", tag = "auth", security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 200, body = Message),
+        (status = 400, description = "Current password is wrong", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 422, description = "New password is not 8 to 128 characters", body = ErrorBody),
+    ))]
+async fn change_password(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    ApiJson(req): ApiJson<ChangePasswordRequest>,
+) -> ApiResult<Json<Message>> {
+    audit.action("auth.change_password").target(&user.username);
+    passwords::validate_new("new_password", &req.new_password)?;
+    let username = user.username.clone();
+    let current = state
+        .store
+        .call(move |c| Ok(users::password_hash(c, &username)?))
+        .await?
+        .map(|(hash, _)| hash);
+    if current.is_none() || !passwords::verify(req.current_password, current, state.settings.bcrypt_cost).await? {
+        return Err(ApiError::BadRequest("current_password: incorrect".into()));
+    }
+    let hash = passwords::hash(req.new_password, state.settings.bcrypt_cost).await?;
+    state
+        .store
+        .call(move |c| Ok(users::set_password(c, &user.username, &hash, false, Some(&user.jti), now_unix())?))
+        .await?;
+    Ok(Message::new("Password changed"))
+}
+
+/// All users (admin only).
+#[utoipa::path(get, path = "/api/auth/users", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Vec<UserInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_users(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<Json<Vec<UserInfo>>> {
+    Ok(Json(state.store.call(|c| Ok(users::list(c)?)).await?))
+}
+
+/// Create a user (admin only).
+#[utoipa::path(post, path = "/api/auth/users", tag = "users", security(("bearer" = [])),
+    request_body = CreateUserRequest,
+    responses(
+        (status = 201, body = UserInfo),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, description = "Username taken", body = ErrorBody),
+        (status = 422, description = "Invalid username or password", body = ErrorBody),
+    ))]
+async fn create_user(
+    State(state): State<AppState>,
+    audit: Audit,
+    _admin: AdminUser,
+    ApiJson(req): ApiJson<CreateUserRequest>,
+) -> ApiResult<(StatusCode, Json<UserInfo>)> {
+    audit.action("user.create").target(&req.username);
+    if !USERNAME_RE.is_match(&req.username) {
+        return Err(ApiError::Unprocessable(
+            "username: must be 3 to 50 characters of letters, digits, `_` or `-`".into(),
+        ));
+    }
+    passwords::validate_new("password", &req.password)?;
+    let hash = passwords::hash(req.password, state.settings.bcrypt_cost).await?;
+    let username = req.username.clone();
+    let created = state
+        .store
+        .call(move |c| {
+            if !users::insert(c, &username, &hash, req.is_admin, false, now_unix())? {
+                return Ok(None);
+            }
+            Ok(users::get(c, &username)?)
+        })
+        .await?;
+    created
+        .map(|u| (StatusCode::CREATED, Json(u)))
+        .ok_or_else(|| ApiError::Conflict(format!("username: {} already exists", req.username)))
+}
+
+/// Delete a user (admin only). You cannot delete yourself or the last admin.
+#[utoipa::path(delete, path = "/api/auth/users/{username}", tag = "users", security(("bearer" = [])),
+    params(("username" = String, Path, description = "User to delete")),
+    responses(
+        (status = 200, body = Message),
+        (status = 400, description = "Yourself or the last admin", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn delete_user(
+    State(state): State<AppState>,
+    audit: Audit,
+    AdminUser(admin): AdminUser,
+    Path(username): Path<String>,
+) -> ApiResult<Json<Message>> {
+    audit.action("user.delete").target(&username);
+    if username == admin.username {
+        return Err(ApiError::BadRequest("You cannot delete your own account".into()));
+    }
+    let target = username.clone();
+    state
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let Some(user) = users::get(&tx, &target)? else {
+                return Ok(Err(ApiError::NotFound(format!("User {target} not found"))));
+            };
+            if user.is_admin && users::count_admins(&tx)? <= 1 {
+                return Ok(Err(ApiError::BadRequest("You cannot delete the last admin".into())));
+            }
+            users::delete(&tx, &target)?;
+            tx.commit()?;
+            Ok(Ok(()))
+        })
+        .await??;
+    Ok(Message::new(format!("User {username} deleted")))
+}

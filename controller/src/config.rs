@@ -1,0 +1,128 @@
+//! Runtime configuration: every setting an operator can change, with its environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// `fastvm serve` options; each has an environment variable so containers need no command line.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port the HTTP server listens on.
+    #[arg(long, env = "FASTVM_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Settings shared by every subcommand that opens the data directory.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Data directory: database, VM disks, ISOs, backups.
+    #[arg(long, env = "FASTVM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Where per-VM sockets live (default: <data-dir>/run). Unix socket paths must stay under 108 bytes,
+    /// so point this somewhere short when the data directory path is long.
+    #[arg(long, env = "FASTVM_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Secret that signs JWTs. When unset, a random one is generated once and kept in the data directory.
+    #[arg(long, env = "JWT_SECRET_KEY", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// bcrypt cost for password hashes (4-31). Lower it only for tests.
+    #[arg(long, env = "FASTVM_BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+    /// Failed logins allowed per client address and per username: `N` (per minute), `N/SECONDS`, or `off`.
+    #[arg(long, env = "FASTVM_LOGIN_RATE_LIMIT", default_value = "5/60", value_parser = parse_rate_limit)]
+    pub login_rate_limit: RateLimit,
+    /// Comma-separated origins allowed by CORS; `*` allows any origin.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// Production mode: adds HSTS and a Content-Security-Policy.
+    #[arg(long, env = "FASTVM_PRODUCTION", value_parser = parse_flag, default_value = "0")]
+    pub production: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    Off,
+    Failures { max: u32, window: Duration },
+}
+
+pub fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(RateLimit::Off);
+    }
+    let (max, secs) = match s.split_once('/') {
+        Some((max, secs)) => (max, secs),
+        None => (s, "60"),
+    };
+    let max: u32 = max.trim().parse().map_err(|_| format!("bad failure count in {s:?}"))?;
+    let secs: u64 = secs.trim().parse().map_err(|_| format!("bad window in {s:?}"))?;
+    if max == 0 || secs == 0 {
+        return Err("count and window must be positive (use `off` to disable)".into());
+    }
+    Ok(RateLimit::Failures { max, window: Duration::from_secs(secs) })
+}
+
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        other => Err(format!("expected 0/1/true/false, got {other:?}")),
+    }
+}
+
+impl Settings {
+    /// Defaults for a given data directory (what tests and embedders start from).
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Settings {
+            data_dir: data_dir.into(),
+            run_dir: None,
+            jwt_secret: None,
+            bcrypt_cost: 12,
+            login_rate_limit: RateLimit::Failures { max: 5, window: Duration::from_secs(60) },
+            cors_origins: "*".into(),
+            production: false,
+        }
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir.clone().unwrap_or_else(|| self.data_dir.join("run"))
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("fastvm.db")
+    }
+
+    /// The data directory layout of ARCHITECTURE.md, created on start.
+    pub fn layout_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = ["vms", "volumes", "images", "backups", "base", "cloudinit"]
+            .iter()
+            .map(|d| self.data_dir.join(d))
+            .collect();
+        dirs.push(self.run_dir());
+        dirs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_forms() {
+        assert_eq!(parse_rate_limit("off"), Ok(RateLimit::Off));
+        assert_eq!(
+            parse_rate_limit("5"),
+            Ok(RateLimit::Failures { max: 5, window: Duration::from_secs(60) })
+        );
+        assert_eq!(
+            parse_rate_limit("3/10"),
+            Ok(RateLimit::Failures { max: 3, window: Duration::from_secs(10) })
+        );
+        assert!(parse_rate_limit("0/10").is_err());
+        assert!(parse_rate_limit("x").is_err());
+    }
+}

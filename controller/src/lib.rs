@@ -1,0 +1,12 @@
+//! Fast VM controller: the HTTP API, the dashboard, and (in later issues) VM orchestration.
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod state;
+pub mod store;
+pub mod system;
+pub mod web;

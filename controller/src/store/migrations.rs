@@ -1,0 +1,85 @@
+//! The database schema, as an ordered list of migrations. `PRAGMA user_version` records how many
+//! have been applied; each runs in its own transaction, so a failed upgrade leaves the old schema.
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: users, login sessions (one row per issued token, so logout and password changes can revoke
+    // them and revocations survive restarts), audit log.
+    r#"
+    CREATE TABLE users (
+        username             TEXT PRIMARY KEY NOT NULL,
+        password_hash        TEXT NOT NULL,
+        is_admin             INTEGER NOT NULL DEFAULT 0,
+        must_change_password INTEGER NOT NULL DEFAULT 0,
+        created_at           INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        jti        TEXT PRIMARY KEY NOT NULL,
+        username   TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        issued_at  INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX sessions_by_user ON sessions(username);
+    CREATE TABLE audit_log (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        timestamp   INTEGER NOT NULL,
+        username    TEXT,
+        action      TEXT NOT NULL,
+        target      TEXT,
+        result      TEXT NOT NULL,
+        status_code INTEGER NOT NULL,
+        client_ip   TEXT,
+        details     TEXT
+    );
+    CREATE INDEX audit_by_time ON audit_log(timestamp);
+    CREATE INDEX audit_by_user ON audit_log(username);
+    CREATE INDEX audit_by_action ON audit_log(action);
+    "#,
+];
+
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        anyhow::bail!(
+            "database schema version {current} is newer than this build knows ({}); upgrade Fast VM",
+            MIGRATIONS.len()
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = index + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).with_context(|| format!("applying migration {version}"))?;
+        tx.pragma_update(None, "user_version", version as i64)?;
+        tx.commit()?;
+        tracing::info!(version, "database migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_are_idempotent() -> anyhow::Result<()> {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        migrate(&mut conn)?;
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        assert_eq!(v as usize, SCHEMA_VERSION);
+        Ok(())
+    }
+
+    #[test]
+    fn newer_schema_is_refused() -> anyhow::Result<()> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "user_version", 999)?;
+        assert!(migrate(&mut conn).is_err());
+        Ok(())
+    }
+}

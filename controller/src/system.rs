@@ -1,0 +1,114 @@
+//! Host-level endpoints: `GET /api/health`, with real checks of what running VMs depends on.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+const KVM_DEVICE: &str = "/dev/kvm";
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    pub ok: bool,
+    /// What was found, or why it is not usable.
+    pub detail: String,
+}
+
+impl Check {
+    fn ok(detail: impl Into<String>) -> Check {
+        Check { ok: true, detail: detail.into() }
+    }
+    fn fail(detail: impl Into<String>) -> Check {
+        Check { ok: false, detail: detail.into() }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthChecks {
+    pub database: Check,
+    /// `qemu-system-x86_64` on the PATH.
+    pub qemu: Check,
+    /// `/dev/kvm` can be opened for reading and writing (without it VMs fall back to slow TCG).
+    pub kvm: Check,
+    /// A Docker engine answers (needed only by the docker runtime).
+    pub docker: Check,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `healthy` when the database, QEMU and KVM all work; `degraded` otherwise.
+    pub status: String,
+    pub service: String,
+    pub version: String,
+    pub checks: HealthChecks,
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health))
+}
+
+/// Service health. No authentication, so load balancers and monitors can use it.
+#[utoipa::path(get, path = "/api/health", tag = "system", responses((status = 200, body = Health)))]
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    let database = async {
+        match state.store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await {
+            Ok(1) => Check::ok("SQLite answers"),
+            Ok(_) => Check::fail("unexpected answer"),
+            Err(e) => Check::fail(format!("{e:#}")),
+        }
+    };
+    let (database, docker) = tokio::join!(database, check_docker());
+    let qemu = check_qemu();
+    let kvm = check_kvm();
+    let healthy = database.ok && qemu.ok && kvm.ok;
+    Json(Health {
+        status: if healthy { "healthy" } else { "degraded" }.into(),
+        service: "Fast VM".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        checks: HealthChecks { database, qemu, kvm, docker },
+    })
+}
+
+/// First executable called `name` on the PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+fn check_qemu() -> Check {
+    match find_in_path(QEMU_BINARY) {
+        Some(p) => Check::ok(p.display().to_string()),
+        None => Check::fail(format!("{QEMU_BINARY} not found on PATH")),
+    }
+}
+
+fn check_kvm() -> Check {
+    match std::fs::OpenOptions::new().read(true).write(true).open(KVM_DEVICE) {
+        Ok(_) => Check::ok(format!("{KVM_DEVICE} is usable")),
+        Err(e) => Check::fail(format!("{KVM_DEVICE}: {e}")),
+    }
+}
+
+async fn check_docker() -> Check {
+    let docker = match bollard::Docker::connect_with_defaults() {
+        Ok(d) => d,
+        Err(e) => return Check::fail(format!("no Docker engine: {e}")),
+    };
+    match tokio::time::timeout(DOCKER_TIMEOUT, docker.version()).await {
+        Ok(Ok(v)) => Check::ok(format!("Docker engine {}", v.version.unwrap_or_default())),
+        Ok(Err(e)) => Check::fail(format!("Docker engine does not answer: {e}")),
+        Err(_) => Check::fail("Docker engine did not answer within 2 s"),
+    }
+}
