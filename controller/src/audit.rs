@@ -85,10 +85,8 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         Some(path) => format!("{} {}", req.method(), path.as_str()),
         None => format!("{} {}", req.method(), req.uri().path()),
     };
-    let client_ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    let client_ip =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
 
     let response = next.run(req).await;
 
@@ -124,7 +122,16 @@ pub fn insert(conn: &mut Connection, e: &NewEntry) -> anyhow::Result<()> {
     conn.execute(
         "INSERT INTO audit_log (timestamp, username, action, target, result, status_code, client_ip, details)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        rusqlite::params![now_unix(), e.username, e.action, e.target, e.result, e.status_code, e.client_ip, e.details],
+        rusqlite::params![
+            now_unix(),
+            e.username,
+            e.action,
+            e.target,
+            e.result,
+            e.status_code,
+            e.client_ip,
+            e.details
+        ],
     )?;
     Ok(())
 }
@@ -192,7 +199,8 @@ async fn list_audit_logs(
                 filters.push("action = ?");
                 args.push(action);
             }
-            let clause = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+            let clause =
+                if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
             let total: i64 = c.query_row(
                 &format!("SELECT COUNT(*) FROM audit_log {clause}"),
                 params_from_iter(args.iter()),

@@ -5,15 +5,19 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use controller::app;
 use controller::audit::{self, NewEntry};
 use controller::auth::{passwords, users};
 use controller::config::{ServeArgs, Settings};
 use controller::store::{Store, now_unix};
-use controller::app;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "fastvm", version, about = "Fast VM: run QEMU/KVM virtual machines from a browser or an API")]
+#[command(
+    name = "fastvm",
+    version,
+    about = "Fast VM: run QEMU/KVM virtual machines from a browser or an API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

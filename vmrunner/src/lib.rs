@@ -5,4 +5,7 @@
 
 pub mod spec;
 
-pub use spec::{BootDevice, CpuModel, DisplayType, Firmware, NetworkSpec, NetworkType, NicModel, OsType, PortForward, Protocol, VmSpec};
+pub use spec::{
+    BootDevice, CpuModel, DisplayType, Firmware, NetworkSpec, NetworkType, NicModel, OsType, PortForward,
+    Protocol, VmSpec,
+};

@@ -46,9 +46,8 @@ pub async fn ensure_default_admin(store: &Store, bcrypt_cost: u32) -> anyhow::Re
         return Ok(());
     }
     let hash = passwords::hash(DEFAULT_ADMIN.to_string(), bcrypt_cost).await?;
-    let created = store
-        .call(move |c| Ok(users::insert(c, DEFAULT_ADMIN, &hash, true, true, now_unix())?))
-        .await?;
+    let created =
+        store.call(move |c| Ok(users::insert(c, DEFAULT_ADMIN, &hash, true, true, now_unix())?)).await?;
     if created {
         tracing::warn!("created the default user admin/admin: change its password now");
     }
@@ -167,7 +166,11 @@ async fn login(
 /// Revoke the token used for this request.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Message), (status = 401, body = ErrorBody)))]
-async fn logout(State(state): State<AppState>, audit: Audit, AuthUser(user): AuthUser) -> ApiResult<Json<Message>> {
+async fn logout(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<Message>> {
     audit.action("auth.logout").target(&user.username);
     state.store.call(move |c| Ok(users::revoke_session(c, &user.jti, now_unix())?)).await?;
     Ok(Message::new("Logged out"))
@@ -199,12 +202,11 @@ async fn change_password(
     audit.action("auth.change_password").target(&user.username);
     passwords::validate_new("new_password", &req.new_password)?;
     let username = user.username.clone();
-    let current = state
-        .store
-        .call(move |c| Ok(users::password_hash(c, &username)?))
-        .await?
-        .map(|(hash, _)| hash);
-    if current.is_none() || !passwords::verify(req.current_password, current, state.settings.bcrypt_cost).await? {
+    let current =
+        state.store.call(move |c| Ok(users::password_hash(c, &username)?)).await?.map(|(hash, _)| hash);
+    if current.is_none()
+        || !passwords::verify(req.current_password, current, state.settings.bcrypt_cost).await?
+    {
         return Err(ApiError::BadRequest("current_password: incorrect".into()));
     }
     let hash = passwords::hash(req.new_password, state.settings.bcrypt_cost).await?;

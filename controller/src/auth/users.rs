@@ -51,11 +51,9 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<UserInfo>> {
 }
 
 pub fn password_hash(conn: &Connection, username: &str) -> rusqlite::Result<Option<(String, bool)>> {
-    conn.query_row(
-        "SELECT password_hash, is_admin FROM users WHERE username = ?1",
-        [username],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
+    conn.query_row("SELECT password_hash, is_admin FROM users WHERE username = ?1", [username], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
     .optional()
 }
 
@@ -111,7 +109,13 @@ pub fn set_password(
     Ok(n == 1)
 }
 
-pub fn insert_session(conn: &Connection, jti: &str, username: &str, issued_at: i64, expires_at: i64) -> rusqlite::Result<()> {
+pub fn insert_session(
+    conn: &Connection,
+    jti: &str,
+    username: &str,
+    issued_at: i64,
+    expires_at: i64,
+) -> rusqlite::Result<()> {
     // Expired rows are of no use to anyone; dropping them here keeps the table small without a timer.
     conn.execute("DELETE FROM sessions WHERE expires_at < ?1", [issued_at])?;
     conn.execute(
@@ -121,7 +125,12 @@ pub fn insert_session(conn: &Connection, jti: &str, username: &str, issued_at: i
     Ok(())
 }
 
-pub fn active_session(conn: &Connection, jti: &str, username: &str, now: i64) -> rusqlite::Result<Option<SessionUser>> {
+pub fn active_session(
+    conn: &Connection,
+    jti: &str,
+    username: &str,
+    now: i64,
+) -> rusqlite::Result<Option<SessionUser>> {
     conn.query_row(
         "SELECT u.username, u.is_admin, s.jti FROM sessions s JOIN users u ON u.username = s.username
          WHERE s.jti = ?1 AND s.username = ?2 AND s.revoked_at IS NULL AND s.expires_at > ?3",
@@ -132,6 +141,9 @@ pub fn active_session(conn: &Connection, jti: &str, username: &str, now: i64) ->
 }
 
 pub fn revoke_session(conn: &Connection, jti: &str, now: i64) -> rusqlite::Result<()> {
-    conn.execute("UPDATE sessions SET revoked_at = ?2 WHERE jti = ?1 AND revoked_at IS NULL", params![jti, now])?;
+    conn.execute(
+        "UPDATE sessions SET revoked_at = ?2 WHERE jti = ?1 AND revoked_at IS NULL",
+        params![jti, now],
+    )?;
     Ok(())
 }

@@ -57,7 +57,10 @@ impl Store {
     }
 
     /// For synchronous callers (CLI subcommands).
-    pub fn call_blocking<R>(&self, f: impl FnOnce(&mut Connection) -> anyhow::Result<R>) -> anyhow::Result<R> {
+    pub fn call_blocking<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     }

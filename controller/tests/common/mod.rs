@@ -1,0 +1,132 @@
+//! Test harness: the real application served over HTTP on 127.0.0.1:<random port> with its own
+//! temporary data directory.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use controller::app;
+use controller::config::{RateLimit, Settings};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Settings for a fast test: cheap bcrypt, no login limit unless a test asks for one.
+pub fn test_settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::for_data_dir(dir);
+    s.bcrypt_cost = 4;
+    s.login_rate_limit = RateLimit::Off;
+    s
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(data_dir, tweak).await
+    }
+
+    pub async fn start_in(data_dir: tempfile::TempDir, tweak: impl FnOnce(&mut Settings)) -> TestServer {
+        let mut settings = test_settings(data_dir.path());
+        tweak(&mut settings);
+        let state = app::prepare(settings).await.expect("prepare app");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        TestServer { addr, client: Client::new(), data_dir, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Stops the server and hands back its data directory (for restart tests).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server result");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    /// Signs in and returns the token; panics when sign-in fails.
+    pub async fn token(&self, username: &str, password: &str) -> String {
+        let r = self.login(username, password).await;
+        assert_eq!(r.status(), StatusCode::OK, "login of {username}");
+        let body: Value = r.json().await.expect("login json");
+        body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.token("admin", "admin").await
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and JSON body
+    /// (`Value::Null` when the body is not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn create_user(&self, admin: &str, username: &str, password: &str, is_admin: bool) {
+        let (status, body) = self
+            .post(
+                "/api/auth/users",
+                admin,
+                json!({"username": username, "password": password, "is_admin": is_admin}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create {username}: {body}");
+    }
+}
+pub mod process;

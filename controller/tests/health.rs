@@ -1,0 +1,55 @@
+//! `GET /api/health` reports real checks.
+
+mod common;
+
+use common::{TestResult, TestServer};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Under CI every dependency is installed and started by the test command, so all must pass there.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+#[tokio::test]
+async fn health_needs_no_auth_and_reports_each_check() -> TestResult {
+    let s = TestServer::start().await;
+    let r = s.client.get(s.url("/api/health")).send().await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let h: Value = r.json().await?;
+    assert_eq!(h["service"], "Fast VM");
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(h["checks"]["database"]["ok"], true);
+
+    let qemu_present = controller::system::find_in_path("qemu-system-x86_64").is_some();
+    assert_eq!(h["checks"]["qemu"]["ok"], qemu_present, "{h}");
+    let kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    assert_eq!(h["checks"]["kvm"]["ok"], kvm_usable, "{h}");
+    let expected = if qemu_present && kvm_usable { "healthy" } else { "degraded" };
+    assert_eq!(h["status"], expected);
+    for check in ["database", "qemu", "kvm", "docker"] {
+        assert!(h["checks"][check]["detail"].is_string(), "{check}");
+    }
+    if in_ci() {
+        assert_eq!(h["checks"]["qemu"]["ok"], true, "CI installs QEMU: {h}");
+        assert_eq!(h["checks"]["kvm"]["ok"], true, "CI machines have /dev/kvm: {h}");
+        assert_eq!(h["checks"]["docker"]["ok"], true, "the test command starts dockerd: {h}");
+        assert_eq!(h["status"], "healthy");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn docker_check_fails_when_no_engine_answers() -> TestResult {
+    // DOCKER_HOST points at a socket path where nothing listens; the server must say so, not hang.
+    let dir = tempfile::tempdir()?;
+    let fake = format!("unix://{}/docker.sock", dir.path().display());
+    let server = common::process::Fastvm::spawn(dir.path(), &[("DOCKER_HOST", &fake)])?;
+    let started = std::time::Instant::now();
+    let h: Value = reqwest::get(server.url("/api/health")).await?.json().await?;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(h["checks"]["docker"]["ok"], false, "{h}");
+    assert!(h["checks"]["docker"]["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_eq!(h["checks"]["database"]["ok"], true);
+    Ok(())
+}
