@@ -1,0 +1,52 @@
+# Shared helpers for the setup scripts: install what is missing, start what is needed.
+# Sourced, not run.
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+# Installs the Debian packages among "$@" that are not installed yet.
+ensure_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "missing packages: ${missing[*]} (install them with your package manager)"
+    return 1
+  fi
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# What running VMs needs on the host (the process runtime).
+VM_PACKAGES=(qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools xorriso)
+
+ensure_rust() {
+  command -v cargo >/dev/null 2>&1 && return 0
+  log "cargo not found: install Rust (https://rustup.rs) and run this again"
+  return 1
+}
+
+# Starts a Docker engine when none answers (tests of the docker runtime and the health check need one).
+ensure_dockerd() {
+  ensure_packages docker.io
+  if docker info >/dev/null 2>&1; then return 0; fi
+  log "starting dockerd"
+  as_root sh -c 'nohup dockerd >/var/log/fastvm-dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  log "dockerd did not come up; see /var/log/fastvm-dockerd.log"
+  return 1
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs (QEMU, OVMF, swtpm, a running Docker engine) and runs it:
+# formatting, clippy, then every test. Ends with a one-line summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_packages "${VM_PACKAGES[@]}"
+ensure_dockerd
+ensure_rust
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "cargo test"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$out" || status=$?
+
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$out" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
+ignored=$(grep -Eo '[0-9]+ ignored;' "$out" | awk '{s+=$1} END {print s+0}')
+echo
+echo "Summary: ${passed} passed, ${failed} failed, ${ignored} skipped"
+if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then
+  exit 1
+fi
