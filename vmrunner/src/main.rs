@@ -1,15 +1,42 @@
-//! `vmrunner`: one process per VM. For now it only reports its version; the lifecycle issue gives it
-//! the job of preparing firmware, TPM, disks and taps and supervising QEMU.
+//! `vmrunner`: prepares and supervises one VM. The controller starts it (as a child process, or as a
+//! container's entry point) with the path of a `vmrunner.json`; it sets up firmware, TPM, disk and
+//! taps, starts QEMU paused, resumes it, and exits with QEMU's exit code after cleaning up.
 
-fn main() {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        None | Some("--version") | Some("-V") | Some("version") => {
+mod net;
+mod prepare;
+mod supervise;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vmrunner::run_config::RunConfig;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: vmrunner run <path/to/vmrunner.json> | vmrunner --version");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] | ["--version"] | ["-V"] | ["version"] => {
             println!("vmrunner {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
         }
-        Some(other) => {
-            eprintln!("vmrunner: unknown argument {other:?} (only --version is supported yet)");
-            std::process::exit(2);
+        ["run", config] => {
+            let path = PathBuf::from(config);
+            let config: RunConfig = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("vmrunner: cannot read {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            supervise::run(config)
         }
+        _ => usage(),
     }
 }

@@ -1,0 +1,155 @@
+//! Runs QEMU for one VM: prepare, start paused, resume once set up, wait, clean up, report.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use vmrunner::argv::qemu_args;
+use vmrunner::run_config::{EXIT_FILE, ExitRecord, READY_FILE, RunConfig};
+
+use crate::net::HostNics;
+use crate::prepare::{self, Result};
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn write_exit(cfg: &RunConfig, record: &ExitRecord) {
+    let path = cfg.launch.run_dir.join(EXIT_FILE);
+    let tmp = path.with_extension("tmp");
+    let ok = serde_json::to_vec(record)
+        .ok()
+        .and_then(|b| std::fs::write(&tmp, b).ok())
+        .and_then(|_| std::fs::rename(&tmp, &path).ok());
+    if ok.is_none() {
+        eprintln!("vmrunner: could not write {}", path.display());
+    }
+}
+
+pub fn run(cfg: RunConfig) -> ExitCode {
+    let run_dir = cfg.launch.run_dir.clone();
+    let _ = std::fs::remove_file(run_dir.join(READY_FILE));
+    let _ = std::fs::remove_file(run_dir.join(EXIT_FILE));
+    let outcome = start_and_wait(&cfg);
+    let _ = std::fs::remove_file(run_dir.join(READY_FILE));
+    for sock in ["qmp.sock", "qga.sock", "serial.sock", "spice.sock", "vnc.sock", "swtpm.sock"] {
+        let _ = std::fs::remove_file(run_dir.join(sock));
+    }
+    match outcome {
+        Ok(status) => {
+            write_exit(
+                &cfg,
+                &ExitRecord { code: status.code(), signal: status.signal(), error: None, at: now() },
+            );
+            let code = status.code().unwrap_or(128 + status.signal().unwrap_or(0));
+            eprintln!("vmrunner: QEMU exited ({status})");
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Err(error) => {
+            eprintln!("vmrunner: {error}");
+            write_exit(&cfg, &ExitRecord { code: None, signal: None, error: Some(error), at: now() });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
+    prepare::dirs(cfg)?;
+    prepare::ovmf_vars(cfg)?;
+    prepare::disk(cfg)?;
+    let mut nics = HostNics::prepare(cfg)?;
+    let mut swtpm = prepare::swtpm(cfg)?;
+    let mut launch = cfg.launch.clone();
+    launch.nics = nics.backends.clone();
+    let args = qemu_args(&cfg.spec, &launch);
+
+    let log_path = cfg.launch.socket("qemu.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut qemu = Command::new(&cfg.qemu)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", cfg.qemu.display()))?;
+    // The macvtap descriptors now belong to QEMU; our copies would keep the queues open after it exits.
+    drop(std::mem::take(&mut nics.backends));
+
+    if let Err(e) = resume(cfg, &mut qemu) {
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        if let Some(mut s) = swtpm.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!("{e}; QEMU said: {}", tail.join(" | ")));
+    }
+    std::fs::write(cfg.launch.run_dir.join(READY_FILE), b"").map_err(|e| e.to_string())?;
+
+    let status = qemu.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    if let Some(mut s) = swtpm {
+        // --terminate ends swtpm when QEMU disconnects; this only catches a QEMU that never connected.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while s.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    nics.teardown();
+    Ok(status)
+}
+
+/// Waits for QMP, negotiates, and resumes the guest (QEMU starts with `-S`).
+fn resume(cfg: &RunConfig, qemu: &mut Child) -> Result<()> {
+    let sock = cfg.launch.socket("qmp.sock");
+    let deadline = Instant::now() + QMP_TIMEOUT;
+    let stream = loop {
+        if let Ok(Some(status)) = qemu.try_wait() {
+            return Err(format!("QEMU exited at start ({status})"));
+        }
+        match UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("QMP socket {} did not answer: {e}", sock.display())),
+        }
+    };
+    stream.set_read_timeout(Some(QMP_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| format!("reading the QMP greeting: {e}"))?;
+    for command in [r#"{"execute":"qmp_capabilities"}"#, r#"{"execute":"cont"}"#] {
+        writer.write_all(format!("{command}\n").as_bytes()).map_err(|e| format!("QMP write: {e}"))?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(|e| format!("QMP read: {e}"))? == 0 {
+                return Err("QMP closed the connection".into());
+            }
+            let reply: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| format!("QMP reply: {e}"))?;
+            if reply.get("return").is_some() {
+                break;
+            }
+            if let Some(err) = reply.get("error") {
+                return Err(format!("QMP {command} failed: {err}"));
+            }
+        }
+    }
+    Ok(())
+}
