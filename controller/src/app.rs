@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -19,9 +20,12 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
+use crate::runtime::RunDirs;
+use crate::runtime::process::ProcessRuntime;
 use crate::state::AppState;
 use crate::store::Store;
-use crate::{audit, auth, http, system, web};
+use crate::vms::manager::VmManager;
+use crate::{audit, auth, host, http, system, vms, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +41,7 @@ use crate::{audit, auth, http, system, web};
         (name = "users", description = "User management (admin only)"),
         (name = "audit", description = "Audit log (admin only)"),
         (name = "system", description = "Health and host information"),
+        (name = "vms", description = "Virtual machines"),
     )
 )]
 struct ApiDoc;
@@ -55,6 +60,7 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
         .merge(auth::routes())
         .merge(audit::routes())
         .merge(system::routes())
+        .merge(vms::routes())
         .split_for_parts()
 }
 
@@ -63,20 +69,62 @@ pub fn openapi_json() -> anyhow::Result<String> {
     Ok(api().1.to_pretty_json()?)
 }
 
-/// Prepares the data directory and everything the handlers share.
-pub async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
+/// How often the database is reconciled with what really runs.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Prepares the data directory and everything the handlers share, re-adopts running VMs, and starts
+/// the reconcile loop.
+pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
     for dir in settings.layout_dirs() {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // VMs are started from other working directories (and, later, containers): use absolute paths.
+    settings.data_dir = settings.data_dir.canonicalize()?;
+    settings.run_dir = Some(settings.run_dir().canonicalize()?);
     let store = Store::open(&settings.db_path())?;
     let tokens = TokenKeys::load(settings.jwt_secret.as_deref(), &settings.data_dir)?;
     auth::ensure_default_admin(&store, settings.bcrypt_cost).await?;
+    let vms = Arc::new(vm_manager(&settings, store.clone())?);
+    if let Err(e) = vms.reconcile().await {
+        tracing::error!(error = ?e, "initial reconcile failed");
+    }
+    let reconciler = vms.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RECONCILE_INTERVAL).await;
+            if let Err(e) = reconciler.reconcile().await {
+                tracing::error!(error = ?e, "reconcile failed");
+            }
+        }
+    });
     Ok(AppState {
         login_limiter: Arc::new(LoginLimiter::new(settings.login_rate_limit)),
         settings: Arc::new(settings),
         store,
         tokens: Arc::new(tokens),
+        vms,
     })
+}
+
+fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManager> {
+    let accel = host::choose_accel(&settings.accel)?;
+    let program = |name: &str| host::locate_program(None, name).unwrap_or_else(|| name.into());
+    let vmrunner =
+        host::locate_program(settings.vmrunner.as_deref(), "vmrunner").unwrap_or_else(|| "vmrunner".into());
+    let run_dirs = RunDirs { root: settings.run_dir() };
+    tracing::info!(accel = vms::manager::accel_name(accel), vmrunner = %vmrunner.display(), "VM runtime: process");
+    Ok(VmManager::new(
+        store,
+        Arc::new(ProcessRuntime { vmrunner, dirs: run_dirs.clone() }),
+        run_dirs,
+        settings.data_dir.join("vms"),
+        accel,
+        settings.iso_roots(),
+        settings.port_forward_bind.clone(),
+        program(system::QEMU_BINARY),
+        program("qemu-img"),
+        program("swtpm"),
+    ))
 }
 
 pub fn router(state: AppState) -> Router {

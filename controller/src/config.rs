@@ -41,6 +41,18 @@ pub struct Settings {
     /// Production mode: adds HSTS and a Content-Security-Policy.
     #[arg(long, env = "FASTVM_PRODUCTION", value_parser = parse_flag, default_value = "0")]
     pub production: bool,
+    /// VM acceleration: `auto` (KVM when /dev/kvm is usable, else TCG), `kvm` or `tcg`.
+    #[arg(long, env = "FASTVM_ACCEL", default_value = "auto")]
+    pub accel: String,
+    /// More directories ISO images may come from, colon-separated (besides images/ and cloudinit/).
+    #[arg(long, env = "FASTVM_ISO_DIRS")]
+    pub iso_dirs: Option<String>,
+    /// The vmrunner binary (default: next to fastvm, else on the PATH).
+    #[arg(long, env = "FASTVM_VMRUNNER")]
+    pub vmrunner: Option<PathBuf>,
+    /// Host address that NAT port forwards listen on.
+    #[arg(long, env = "FASTVM_PORT_FORWARD_BIND", default_value = "0.0.0.0")]
+    pub port_forward_bind: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +97,24 @@ impl Settings {
             login_rate_limit: RateLimit::Failures { max: 5, window: Duration::from_secs(60) },
             cors_origins: "*".into(),
             production: false,
+            accel: "auto".into(),
+            iso_dirs: None,
+            vmrunner: None,
+            port_forward_bind: "0.0.0.0".into(),
         }
     }
 
     pub fn run_dir(&self) -> PathBuf {
         self.run_dir.clone().unwrap_or_else(|| self.data_dir.join("run"))
+    }
+
+    /// Where ISO images may come from.
+    pub fn iso_roots(&self) -> Vec<PathBuf> {
+        let mut roots = vec![self.data_dir.join("images"), self.data_dir.join("cloudinit")];
+        if let Some(extra) = &self.iso_dirs {
+            roots.extend(extra.split(':').filter(|d| !d.is_empty()).map(PathBuf::from));
+        }
+        roots
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -35,6 +35,10 @@ pub enum ApiError {
     TooManyRequests { detail: String, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// An operation on a VM or host resource failed for a reason the operator must see (QEMU's own
+    /// words, a missing bridge...).
+    #[error("{0}")]
+    Operation(String),
     /// Anything unexpected: logged in full, reported to the client without internals.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -55,6 +59,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Operation(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

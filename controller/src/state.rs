@@ -6,6 +6,7 @@ use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
 use crate::store::Store;
+use crate::vms::manager::VmManager;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -13,4 +14,5 @@ pub struct AppState {
     pub store: Store,
     pub tokens: Arc<TokenKeys>,
     pub login_limiter: Arc<LoginLimiter>,
+    pub vms: Arc<VmManager>,
 }

@@ -11,6 +11,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::AuthUser;
+use crate::error::ErrorBody;
+use crate::host::{self, NetInterface};
 use crate::state::AppState;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -54,7 +57,79 @@ pub struct Health {
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(health))
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(list_isos))
+        .routes(routes!(list_bridges))
+        .routes(routes!(list_interfaces))
+        .routes(routes!(system_user))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IsoInfo {
+    pub name: String,
+    /// Absolute path, as `iso_path` takes it.
+    pub path: String,
+    pub size: u64,
+}
+
+/// ISO images in the allowed directories (the data dir's `images/` and `cloudinit/`, and `FASTVM_ISO_DIRS`).
+#[utoipa::path(get, path = "/api/isos", tag = "system", security(("bearer" = [])),
+    responses((status = 200, body = Vec<IsoInfo>), (status = 401, body = ErrorBody)))]
+async fn list_isos(State(state): State<AppState>, _user: AuthUser) -> Json<Vec<IsoInfo>> {
+    let mut isos = Vec::new();
+    for root in state.settings.iso_roots() {
+        let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let is_iso = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("iso"));
+            // metadata() follows symlinks: a link is listed only if it points at a regular file.
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if is_iso && meta.is_file() {
+                isos.push(IsoInfo {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    path: path.display().to_string(),
+                    size: meta.len(),
+                });
+            }
+        }
+    }
+    isos.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));
+    Json(isos)
+}
+
+/// Linux bridges on this host (for `bridge` networks).
+#[utoipa::path(get, path = "/api/bridges", tag = "system", security(("bearer" = [])),
+    responses((status = 200, body = Vec<NetInterface>), (status = 401, body = ErrorBody)))]
+async fn list_bridges(_user: AuthUser) -> Json<Vec<NetInterface>> {
+    Json(host::interfaces().into_iter().filter(|i| i.kind == "bridge").collect())
+}
+
+/// Network interfaces on this host (parents for `macvtap` networks).
+#[utoipa::path(get, path = "/api/interfaces", tag = "system", security(("bearer" = [])),
+    responses((status = 200, body = Vec<NetInterface>), (status = 401, body = ErrorBody)))]
+async fn list_interfaces(_user: AuthUser) -> Json<Vec<NetInterface>> {
+    Json(host::interfaces())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemUser {
+    /// The account the controller runs as.
+    pub username: String,
+    pub uid: u32,
+    pub is_root: bool,
+    /// Whether that account can use /dev/kvm.
+    pub kvm_access: bool,
+}
+
+/// The operating-system account Fast VM runs as, and what it may do.
+#[utoipa::path(get, path = "/api/system/user", tag = "system", security(("bearer" = [])),
+    responses((status = 200, body = SystemUser), (status = 401, body = ErrorBody)))]
+async fn system_user(_user: AuthUser) -> Json<SystemUser> {
+    let uid = nix::unistd::Uid::current();
+    let username =
+        nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
+    Json(SystemUser { username, uid: uid.as_raw(), is_root: uid.is_root(), kvm_access: host::kvm_usable() })
 }
 
 /// Service health. No authentication, so load balancers and monitors can use it.

@@ -272,6 +272,7 @@ async fn create_user(
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "The user still owns VMs", body = ErrorBody),
     ))]
 async fn delete_user(
     State(state): State<AppState>,
@@ -293,6 +294,12 @@ async fn delete_user(
             };
             if user.is_admin && users::count_admins(&tx)? <= 1 {
                 return Ok(Err(ApiError::BadRequest("You cannot delete the last admin".into())));
+            }
+            let owned = crate::vms::store::count_owned_by(&tx, &target)?;
+            if owned > 0 {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "User {target} owns {owned} VM(s): give them to another user first"
+                ))));
             }
             users::delete(&tx, &target)?;
             tx.commit()?;

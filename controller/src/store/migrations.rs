@@ -38,6 +38,36 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_user ON audit_log(username);
     CREATE INDEX audit_by_action ON audit_log(action);
     "#,
+    // 2: virtual machines. The spec is stored whole as JSON (the shape clients send); the NIC MACs and
+    // NAT host ports are repeated in their own tables so that UNIQUE constraints keep them unique
+    // across VMs even under concurrent requests.
+    r#"
+    CREATE TABLE vms (
+        id          TEXT PRIMARY KEY NOT NULL,
+        name        TEXT NOT NULL,
+        owner       TEXT NOT NULL REFERENCES users(username) ON DELETE RESTRICT ON UPDATE CASCADE,
+        uuid        TEXT NOT NULL UNIQUE,
+        spec        TEXT NOT NULL,
+        runtime     TEXT NOT NULL DEFAULT 'process',
+        status      TEXT NOT NULL DEFAULT 'stopped',
+        accel       TEXT,
+        started_at  INTEGER,
+        last_error  TEXT,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE INDEX vms_by_owner ON vms(owner);
+    CREATE TABLE vm_macs (
+        mac   TEXT PRIMARY KEY NOT NULL,
+        vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE
+    );
+    CREATE TABLE vm_port_forwards (
+        host_port INTEGER NOT NULL,
+        protocol  TEXT NOT NULL,
+        vm_id     TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        PRIMARY KEY (host_port, protocol)
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

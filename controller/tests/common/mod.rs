@@ -20,12 +20,32 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Settings for a fast test: cheap bcrypt, no login limit unless a test asks for one.
+/// Settings for a fast test: cheap bcrypt, no login limit unless a test asks for one, guests under
+/// TCG (see the README on nested KVM), port forwards on loopback only, and ISOs from the test guest's folder.
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::for_data_dir(dir);
     s.bcrypt_cost = 4;
     s.login_rate_limit = RateLimit::Off;
+    s.accel = "tcg".into();
+    s.port_forward_bind = "127.0.0.1".into();
+    s.iso_dirs = std::path::Path::new(guest::DEFAULT_GUEST_ISO).parent().map(|p| p.display().to_string());
+    s.vmrunner = Some(vmrunner_binary());
     s
+}
+
+/// The workspace's built `vmrunner` (target/<profile>/vmrunner, beside this test's deps/ folder).
+pub fn vmrunner_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = profile_dir.join("vmrunner");
+    if !path.is_file() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "vmrunner", "--bin", "vmrunner"])
+            .status()
+            .expect("cargo build vmrunner");
+        assert!(status.success(), "building vmrunner failed");
+    }
+    path
 }
 
 impl TestServer {
@@ -129,4 +149,5 @@ impl TestServer {
         assert_eq!(status, StatusCode::CREATED, "create {username}: {body}");
     }
 }
+pub mod guest;
 pub mod process;

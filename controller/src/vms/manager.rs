@@ -1,0 +1,393 @@
+//! VM lifecycle: create, edit, start, stop, restart, delete. One lock per VM serialises every
+//! operation on it, so concurrent requests can never leave two QEMUs or an orphan.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use tokio::sync::OwnedMutexGuard;
+use vmrunner::VmSpec;
+use vmrunner::argv::{Accel, Launch, OvmfPaths};
+use vmrunner::run_config::RunConfig;
+use vmrunner::validate::{Limits, resolve_iso, validate};
+
+use super::model::{VmRecord, VmStatus};
+use super::store;
+use crate::error::{ApiError, ApiResult};
+use crate::runtime::{RunDirs, Runtime, StopMode, tail};
+use crate::store::{Store, now_unix};
+
+pub struct VmManager {
+    pub store: Store,
+    pub runtime: Arc<dyn Runtime>,
+    pub run_dirs: RunDirs,
+    pub vms_dir: PathBuf,
+    pub accel: Accel,
+    pub iso_roots: Vec<PathBuf>,
+    pub port_forward_bind: String,
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    pub swtpm: PathBuf,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub fn accel_name(a: Accel) -> &'static str {
+    match a {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+fn random_mac() -> String {
+    let b: [u8; 3] = rand::rng().random();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+impl VmManager {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        run_dirs: RunDirs,
+        vms_dir: PathBuf,
+        accel: Accel,
+        iso_roots: Vec<PathBuf>,
+        port_forward_bind: String,
+        qemu: PathBuf,
+        qemu_img: PathBuf,
+        swtpm: PathBuf,
+    ) -> VmManager {
+        VmManager {
+            store,
+            runtime,
+            run_dirs,
+            vms_dir,
+            accel,
+            iso_roots,
+            port_forward_bind,
+            qemu,
+            qemu_img,
+            swtpm,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub fn try_lock(&self, id: &str) -> Option<OwnedMutexGuard<()>> {
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id.to_string()).or_default().clone()
+        };
+        lock.try_lock_owned().ok()
+    }
+
+    fn forget_lock(&self, id: &str) {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_memory_mib: crate::host::memory_mib(),
+            max_cpus: crate::host::cpus(),
+            iso_roots: self.iso_roots.clone(),
+        }
+    }
+
+    /// Fills what the client may leave out (NIC ids and MACs), then validates.
+    pub fn normalize(&self, spec: &mut VmSpec) -> ApiResult<()> {
+        for (i, net) in spec.networks.iter_mut().enumerate() {
+            if net.id.is_none() {
+                net.id = Some(format!("net{i}"));
+            }
+            if net.mac_address.is_none() {
+                net.mac_address = Some(random_mac());
+            }
+            if let Some(mac) = &mut net.mac_address {
+                *mac = mac.to_ascii_lowercase();
+            }
+        }
+        for iso in [&mut spec.iso_path, &mut spec.secondary_iso_path] {
+            if iso.as_deref() == Some("") {
+                *iso = None;
+            }
+        }
+        validate(spec, &self.limits()).map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    pub async fn get(&self, id: &str) -> ApiResult<VmRecord> {
+        let id = id.to_string();
+        self.store
+            .call(move |c| Ok(store::get(c, &id)?))
+            .await?
+            .ok_or_else(|| ApiError::NotFound("VM not found".into()))
+    }
+
+    async fn check_conflicts(&self, id: &str, spec: &VmSpec) -> ApiResult<()> {
+        let (id, spec) = (id.to_string(), spec.clone());
+        match self.store.call(move |c| Ok(store::conflict(c, &id, &spec)?)).await? {
+            Some(msg) => Err(ApiError::Conflict(msg)),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn create(&self, mut spec: VmSpec, owner: &str) -> ApiResult<VmRecord> {
+        let id = new_id();
+        self.normalize(&mut spec)?;
+        self.check_conflicts(&id, &spec).await?;
+        let now = now_unix();
+        let record = VmRecord {
+            id: id.clone(),
+            owner: owner.to_string(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            spec,
+            runtime: self.runtime.name().to_string(),
+            status: VmStatus::Stopped,
+            accel: None,
+            started_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let r = record.clone();
+        self.store.call(move |c| Ok(store::insert(c, &r)?)).await.map_err(unique_to_conflict)?;
+        Ok(record)
+    }
+
+    /// Replaces the spec (and maybe the owner) of a stopped VM.
+    pub async fn update(&self, id: &str, mut spec: VmSpec, owner: Option<String>) -> ApiResult<VmRecord> {
+        let _guard = self.lock(id).await;
+        let current = self.get(id).await?;
+        if self.runtime.inspect(id).await?.running {
+            return Err(ApiError::Conflict("Stop the VM before changing its configuration".into()));
+        }
+        self.normalize(&mut spec)?;
+        if spec.disk_size < current.spec.disk_size {
+            return Err(ApiError::BadRequest(format!(
+                "disk_size: cannot shrink a disk ({} GB to {} GB)",
+                current.spec.disk_size, spec.disk_size
+            )));
+        }
+        self.check_conflicts(id, &spec).await?;
+        let disk = self.vms_dir.join(id).join("disk0.qcow2");
+        if spec.disk_size > current.spec.disk_size && disk.exists() {
+            let out = tokio::process::Command::new(&self.qemu_img)
+                .arg("resize")
+                .arg(&disk)
+                .arg(format!("{}G", spec.disk_size))
+                .output()
+                .await
+                .context("running qemu-img resize")?;
+            if !out.status.success() {
+                return Err(ApiError::Operation(format!(
+                    "resizing the disk failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let owner = owner.unwrap_or(current.owner);
+        let (i, s) = (id.to_string(), spec);
+        self.store
+            .call(move |c| Ok(store::update_spec(c, &i, &s, &owner, now_unix())?))
+            .await
+            .map_err(unique_to_conflict)?;
+        self.get(id).await
+    }
+
+    fn run_config(&self, vm: &VmRecord) -> ApiResult<RunConfig> {
+        let iso = |field: &str, path: &Option<String>| -> ApiResult<Option<PathBuf>> {
+            match path {
+                None => Ok(None),
+                Some(p) => resolve_iso(p, &self.iso_roots)
+                    .map(Some)
+                    .map_err(|m| ApiError::BadRequest(format!("{field}: {m}"))),
+            }
+        };
+        let launch = Launch {
+            vm_id: vm.id.clone(),
+            uuid: vm.uuid.clone(),
+            vm_dir: self.vms_dir.join(&vm.id),
+            run_dir: self.run_dirs.of(&vm.id),
+            accel: self.accel,
+            ovmf: OvmfPaths::default(),
+            nics: Vec::new(),
+            port_forward_bind: self.port_forward_bind.clone(),
+            iso: iso("iso_path", &vm.spec.iso_path)?,
+            secondary_iso: iso("secondary_iso_path", &vm.spec.secondary_iso_path)?,
+        };
+        Ok(RunConfig {
+            spec: vm.spec.clone(),
+            launch,
+            qemu: self.qemu.clone(),
+            qemu_img: self.qemu_img.clone(),
+            swtpm: self.swtpm.clone(),
+        })
+    }
+
+    async fn start_locked(&self, vm: &VmRecord) -> ApiResult<()> {
+        if self.runtime.inspect(&vm.id).await?.running {
+            return Err(ApiError::Conflict("VM is already running".into()));
+        }
+        let config = self.run_config(vm)?;
+        match self.runtime.start(&config).await {
+            Ok(_) => {
+                let (id, accel) = (vm.id.clone(), accel_name(self.accel));
+                self.store.call(move |c| Ok(store::set_running(c, &id, accel, now_unix())?)).await?;
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let (id, m) = (vm.id.clone(), msg.clone());
+                self.store.call(move |c| Ok(store::set_stopped(c, &id, Some(&m), now_unix())?)).await?;
+                Err(ApiError::Operation(msg))
+            }
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> ApiResult<VmRecord> {
+        let _guard = self.lock(id).await;
+        let vm = self.get(id).await?;
+        self.start_locked(&vm).await?;
+        self.get(id).await
+    }
+
+    async fn stop_locked(&self, id: &str, mode: StopMode) -> ApiResult<()> {
+        self.runtime.stop(id, mode).await.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
+        let i = id.to_string();
+        self.store.call(move |c| Ok(store::set_stopped(c, &i, None, now_unix())?)).await?;
+        Ok(())
+    }
+
+    pub async fn stop(&self, id: &str, mode: StopMode) -> ApiResult<VmRecord> {
+        let _guard = self.lock(id).await;
+        self.get(id).await?;
+        if !self.runtime.inspect(id).await?.running {
+            return Err(ApiError::Conflict("VM is not running".into()));
+        }
+        self.stop_locked(id, mode).await?;
+        self.get(id).await
+    }
+
+    /// `hard`: QMP reset (the guest reboots at once). Otherwise a graceful stop and a fresh start, so
+    /// configuration changes apply.
+    pub async fn restart(&self, id: &str, hard: bool, timeout: Duration) -> ApiResult<VmRecord> {
+        let _guard = self.lock(id).await;
+        let vm = self.get(id).await?;
+        if !self.runtime.inspect(id).await?.running {
+            return Err(ApiError::Conflict("VM is not running".into()));
+        }
+        if hard {
+            crate::qmp::command(&self.run_dirs.qmp(id), "system_reset", None)
+                .await
+                .map_err(|e| ApiError::Operation(format!("{e:#}")))?;
+        } else {
+            self.stop_locked(id, StopMode::Graceful { timeout }).await?;
+            self.start_locked(&vm).await?;
+        }
+        self.get(id).await
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> ApiResult<()> {
+        let guard = self.lock(id).await;
+        self.get(id).await?;
+        if self.runtime.inspect(id).await?.running {
+            if !force {
+                return Err(ApiError::Conflict("VM is running: stop it first or use ?force=true".into()));
+            }
+            self.stop_locked(id, StopMode::Force).await?;
+        }
+        let i = id.to_string();
+        self.store.call(move |c| Ok(store::delete(c, &i)?)).await?;
+        // Only the VM's own directories: ISOs live elsewhere and are never touched.
+        for dir in [self.vms_dir.join(id), self.run_dirs.of(id)] {
+            if let Err(e) = remove_dir_if_present(&dir) {
+                tracing::warn!(vm_id = id, dir = %dir.display(), error = %e, "could not remove VM files");
+            }
+        }
+        drop(guard);
+        self.forget_lock(id);
+        Ok(())
+    }
+
+    pub fn logs(&self, id: &str, lines: usize) -> (String, String) {
+        let dir = self.run_dirs.of(id);
+        (tail(&dir.join("qemu.log"), lines), tail(&dir.join("serial.log"), lines))
+    }
+
+    /// Brings the database in line with what is really running: VMs whose QEMU is gone become
+    /// stopped (with the reason when it ended badly); running QEMUs are (re)adopted.
+    pub async fn reconcile(&self) -> anyhow::Result<()> {
+        let vms = self.store.call(|c| Ok(store::list(c)?)).await?;
+        for vm in vms {
+            // A VM in the middle of an operation is that operation's business.
+            let Some(_guard) = self.try_lock(&vm.id) else { continue };
+            let actual = self.runtime.inspect(&vm.id).await?;
+            let now = now_unix();
+            match (vm.status, actual.running) {
+                (VmStatus::Running, false) => {
+                    let error = self.exit_error(&vm.id);
+                    if let Some(e) = &error {
+                        tracing::warn!(vm_id = vm.id, error = e, "VM stopped unexpectedly");
+                    }
+                    let id = vm.id.clone();
+                    self.store.call(move |c| Ok(store::set_stopped(c, &id, error.as_deref(), now)?)).await?;
+                }
+                (VmStatus::Stopped, true) => {
+                    tracing::info!(vm_id = vm.id, "adopting running VM");
+                    let id = vm.id.clone();
+                    self.store.call(move |c| Ok(store::adopt_running(c, &id, now)?)).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the last run ended, when it did not end cleanly.
+    fn exit_error(&self, id: &str) -> Option<String> {
+        let last_lines = || tail(&self.run_dirs.of(id).join("qemu.log"), 5);
+        match self.run_dirs.exit_record(id) {
+            Some(r) if r.error.is_some() => r.error,
+            Some(r) if r.code == Some(0) => None,
+            Some(r) => Some(match (r.code, r.signal) {
+                (_, Some(sig)) => format!("QEMU was killed by signal {sig}. {}", last_lines()),
+                (code, _) => format!("QEMU exited with code {}. {}", code.unwrap_or(-1), last_lines()),
+            }),
+            // vmrunner itself was killed: it could not record anything.
+            None => Some(format!("the VM's supervisor ended without a record. {}", last_lines())),
+        }
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Two requests racing for the same MAC or host port: the UNIQUE constraint decides, and the loser
+/// gets a 409 like any other conflict.
+fn unique_to_conflict(e: anyhow::Error) -> ApiError {
+    let is_unique = e
+        .downcast_ref::<rusqlite::Error>()
+        .is_some_and(|e| matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ConstraintViolation)));
+    if is_unique {
+        ApiError::Conflict("a MAC address or forwarded host port is already used by another VM".into())
+    } else {
+        ApiError::Internal(e)
+    }
+}

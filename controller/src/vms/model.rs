@@ -1,0 +1,94 @@
+//! VM records as stored, and as the API shows them.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use vmrunner::VmSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStatus {
+    Stopped,
+    Running,
+}
+
+impl VmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::Stopped => "stopped",
+            VmStatus::Running => "running",
+        }
+    }
+
+    pub fn parse(s: &str) -> VmStatus {
+        if s == "running" { VmStatus::Running } else { VmStatus::Stopped }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VmRecord {
+    pub id: String,
+    pub owner: String,
+    pub uuid: String,
+    pub spec: VmSpec,
+    pub runtime: String,
+    pub status: VmStatus,
+    pub accel: Option<String>,
+    pub started_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A VM as the API returns it: the spec's fields (as the client sent them, with generated MACs and
+/// ids filled in) plus what the controller knows about it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VmView {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: VmSpec,
+    /// `running` or `stopped`, as observed from QEMU.
+    pub status: VmStatus,
+    pub owner: String,
+    pub uuid: String,
+    /// Which runtime runs it (`process` or `docker`).
+    pub runtime: String,
+    /// `kvm` or `tcg` for the current or last run.
+    pub accel: Option<String>,
+    /// Effective values (Windows VMs default both to true).
+    pub secure_boot_enabled: bool,
+    pub tpm_enabled: bool,
+    /// Why the last run ended abnormally, if it did.
+    pub last_error: Option<String>,
+    pub started_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&VmRecord> for VmView {
+    fn from(r: &VmRecord) -> VmView {
+        use crate::store::rfc3339;
+        VmView {
+            id: r.id.clone(),
+            secure_boot_enabled: r.spec.secure_boot_enabled(),
+            tpm_enabled: r.spec.tpm_enabled(),
+            spec: r.spec.clone(),
+            status: r.status,
+            owner: r.owner.clone(),
+            uuid: r.uuid.clone(),
+            runtime: r.runtime.clone(),
+            accel: r.accel.clone(),
+            last_error: r.last_error.clone(),
+            started_at: r.started_at.map(rfc3339),
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+        }
+    }
+}
+
+/// The original API's answer to a mutation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VmActionResponse {
+    pub success: bool,
+    pub message: String,
+    pub vm: VmView,
+}

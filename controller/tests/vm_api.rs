@@ -1,0 +1,241 @@
+//! The VM API without booting guests: validation, conflicts, ownership, host readings.
+
+mod common;
+
+use common::{TestResult, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn dir_is_empty(p: &std::path::Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+#[tokio::test]
+async fn create_list_get_update_delete() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let (status, body) = s
+        .post("/api/vms", &admin, json!({"name": "Ubuntu Server", "memory": 256, "cpus": 1, "disk_size": 20}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["success"], true);
+    let vm = &body["vm"];
+    let id = vm["id"].as_str().ok_or("id")?.to_string();
+    assert_eq!(id.len(), 12);
+    assert_eq!(vm["status"], "stopped");
+    assert_eq!(vm["owner"], "admin");
+    assert_eq!(vm["firmware"], "uefi");
+    assert_eq!(vm["display_type"], "qxl");
+    assert_eq!(vm["networks"][0]["type"], "nat");
+    assert_eq!(vm["networks"][0]["model"], "virtio");
+    assert!(vm["networks"][0]["mac_address"].as_str().is_some_and(|m| m.starts_with("52:54:00:")));
+
+    let (_, list) = s.get("/api/vms", &admin).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (status, got) = s.get(&format!("/api/vms/{id}"), &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["name"], "Ubuntu Server");
+
+    let (status, body) = s
+        .call(Method::PUT, &format!("/api/vms/{id}"), Some(&admin), Some(json!({"memory": 512, "cpus": 2})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["vm"]["memory"], 512);
+    assert_eq!(body["vm"]["name"], "Ubuntu Server", "unchanged fields stay");
+    assert_eq!(body["vm"]["networks"][0]["mac_address"], vm["networks"][0]["mac_address"], "MACs are kept");
+    let (status, body) =
+        s.call(Method::PUT, &format!("/api/vms/{id}"), Some(&admin), Some(json!({"disk_size": 10}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.starts_with("disk_size")));
+
+    let (status, _) = s.call(Method::POST, &format!("/api/vms/{id}/stop"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "stopping a stopped VM");
+    let (status, logs) = s.get(&format!("/api/vms/{id}/logs?lines=5"), &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(logs["qemu_log"].is_string() && logs["serial_log"].is_string());
+
+    let (status, _) = s.call(Method::DELETE, &format!("/api/vms/{id}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.get(&format!("/api/vms/{id}"), &admin).await.0, StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_fields_are_refused_and_nothing_is_created() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let secret = s.data_dir.path().join("secret.iso");
+    std::fs::write(&secret, b"not yours")?;
+    let images = s.data_dir.path().join("images");
+    std::os::unix::fs::symlink(&secret, images.join("escape.iso"))?;
+    let base = json!({"name": "vm", "memory": 256, "cpus": 1, "disk_size": 1});
+    let with = |patch: Value| {
+        let mut v = base.clone();
+        if let (Some(m), Some(p)) = (v.as_object_mut(), patch.as_object()) {
+            m.extend(p.clone());
+        }
+        v
+    };
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (with(json!({"name": "vm; rm -rf /"})), StatusCode::BAD_REQUEST, "name"),
+        (with(json!({"name": "$(reboot)"})), StatusCode::BAD_REQUEST, "name"),
+        (with(json!({"name": ""})), StatusCode::BAD_REQUEST, "name"),
+        (with(json!({"memory": 64})), StatusCode::BAD_REQUEST, "memory"),
+        (with(json!({"memory": 1u64 << 40})), StatusCode::BAD_REQUEST, "memory"),
+        (with(json!({"cpus": 0})), StatusCode::BAD_REQUEST, "cpus"),
+        (with(json!({"cpus": 4096})), StatusCode::BAD_REQUEST, "cpus"),
+        (with(json!({"disk_size": 0})), StatusCode::BAD_REQUEST, "disk_size"),
+        (with(json!({"disk_size": 5000})), StatusCode::BAD_REQUEST, "disk_size"),
+        (with(json!({"iso_path": "/etc/passwd"})), StatusCode::BAD_REQUEST, "iso_path"),
+        (
+            with(json!({"iso_path": format!("{}/../secret.iso", images.display())})),
+            StatusCode::BAD_REQUEST,
+            "iso_path",
+        ),
+        (with(json!({"iso_path": images.join("escape.iso")})), StatusCode::BAD_REQUEST, "iso_path"),
+        (with(json!({"secondary_iso_path": "relative.iso"})), StatusCode::BAD_REQUEST, "secondary_iso_path"),
+        (with(json!({"boot_order": ["disk", "disk"]})), StatusCode::BAD_REQUEST, "boot_order"),
+        (with(json!({"firmware": "bios", "secure_boot": true})), StatusCode::BAD_REQUEST, "secure_boot"),
+        (
+            with(json!({"networks": [{"type": "bridge", "bridge_name": "br0;reboot"}]})),
+            StatusCode::BAD_REQUEST,
+            "networks[0].bridge_name",
+        ),
+        (
+            with(json!({"networks": [{"type": "macvtap", "parent_interface": "eth0 && id"}]})),
+            StatusCode::BAD_REQUEST,
+            "networks[0].parent_interface",
+        ),
+        (with(json!({"networks": [{"type": "bridge"}]})), StatusCode::BAD_REQUEST, "networks[0].bridge_name"),
+        (
+            with(json!({"networks": [{"mac_address": "zz:54:00:00:00:01"}]})),
+            StatusCode::BAD_REQUEST,
+            "networks[0].mac_address",
+        ),
+        (with(json!({"bogus": true})), StatusCode::UNPROCESSABLE_ENTITY, "bogus"),
+        (with(json!({"cpu_model": "pentium"})), StatusCode::UNPROCESSABLE_ENTITY, "cpu_model"),
+        (with(json!({"networks": [{"type": "wifi"}]})), StatusCode::UNPROCESSABLE_ENTITY, "type"),
+        (with(json!({"memory": "lots"})), StatusCode::UNPROCESSABLE_ENTITY, "memory"),
+        (
+            with(json!({"networks": [{"port_forwards": [{"host_port": 70000, "guest_port": 22}]}]})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "host_port",
+        ),
+    ];
+    for (body, expected, field) in cases {
+        let (status, resp) = s.post("/api/vms", &admin, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {resp}");
+        let detail = resp["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(field), "{body}: detail {detail:?} does not name {field}");
+    }
+    assert_eq!(s.get("/api/vms", &admin).await.1.as_array().map(Vec::len), Some(0));
+    assert!(dir_is_empty(&s.data_dir.path().join("vms")));
+    assert!(dir_is_empty(&s.data_dir.path().join("run")));
+    assert_eq!(std::fs::read(&secret)?, b"not yours");
+    Ok(())
+}
+
+#[tokio::test]
+async fn macs_and_host_ports_are_unique_across_vms() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let vm = |name: &str, mac: &str, port: u16| {
+        json!({"name": name, "memory": 256, "cpus": 1, "disk_size": 1,
+               "networks": [{"mac_address": mac, "port_forwards": [{"host_port": port, "guest_port": 22}]}]})
+    };
+    assert_eq!(s.post("/api/vms", &admin, vm("a", "52:54:00:00:00:aa", 2222)).await.0, StatusCode::CREATED);
+    let (status, body) = s.post("/api/vms", &admin, vm("b", "52:54:00:00:00:AA", 2223)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("mac_address")));
+    let (status, body) = s.post("/api/vms", &admin, vm("c", "52:54:00:00:00:cc", 2222)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("host_port")));
+    // Same port on another protocol is fine.
+    let udp = json!({"name": "d", "memory": 256, "cpus": 1, "disk_size": 1,
+        "networks": [{"port_forwards": [{"host_port": 2222, "guest_port": 53, "protocol": "udp"}]}]});
+    assert_eq!(s.post("/api/vms", &admin, udp).await.0, StatusCode::CREATED);
+    assert_eq!(s.get("/api/vms", &admin).await.1.as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn users_see_only_their_own_vms() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    s.create_user(&admin, "alice", "alice-password", false).await;
+    s.create_user(&admin, "bob", "bob-password", false).await;
+    let alice = s.token("alice", "alice-password").await;
+    let bob = s.token("bob", "bob-password").await;
+    let (_, body) = s
+        .post("/api/vms", &alice, json!({"name": "alice vm", "memory": 256, "cpus": 1, "disk_size": 1}))
+        .await;
+    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    assert_eq!(body["vm"]["owner"], "alice");
+
+    assert_eq!(s.get("/api/vms", &bob).await.1.as_array().map(Vec::len), Some(0));
+    for (method, path) in [
+        (Method::GET, format!("/api/vms/{id}")),
+        (Method::PUT, format!("/api/vms/{id}")),
+        (Method::DELETE, format!("/api/vms/{id}")),
+        (Method::POST, format!("/api/vms/{id}/start")),
+        (Method::POST, format!("/api/vms/{id}/stop")),
+        (Method::POST, format!("/api/vms/{id}/restart")),
+        (Method::GET, format!("/api/vms/{id}/logs")),
+    ] {
+        let (status, _) = s.call(method.clone(), &path, Some(&bob), Some(json!({"memory": 300}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    assert_eq!(s.get(&format!("/api/vms/{id}"), &alice).await.1["memory"], 256, "bob changed nothing");
+    assert_eq!(s.get("/api/vms", &admin).await.1.as_array().map(Vec::len), Some(1), "admins see all");
+
+    let (status, _) =
+        s.call(Method::PUT, &format!("/api/vms/{id}"), Some(&alice), Some(json!({"owner": "bob"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only admins hand VMs over");
+    let (status, _) = s.call(Method::DELETE, "/api/auth/users/alice", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a user who owns VMs is not deleted");
+    let (status, body) =
+        s.call(Method::PUT, &format!("/api/vms/{id}"), Some(&admin), Some(json!({"owner": "bob"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(s.get(&format!("/api/vms/{id}"), &bob).await.0, StatusCode::OK);
+    assert_eq!(s.get(&format!("/api/vms/{id}"), &alice).await.0, StatusCode::NOT_FOUND);
+    let (status, _) = s.call(Method::DELETE, "/api/auth/users/alice", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn host_readings_are_real() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let images = s.data_dir.path().join("images");
+    std::fs::write(images.join("tiny.iso"), vec![0u8; 4096])?;
+    std::fs::write(images.join("notes.txt"), b"not an iso")?;
+    let (status, isos) = s.get("/api/isos", &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let tiny =
+        isos.as_array().ok_or("array")?.iter().find(|i| i["name"] == "tiny.iso").ok_or("tiny.iso listed")?;
+    assert_eq!(tiny["size"], 4096);
+    assert!(tiny["path"].as_str().is_some_and(|p| p.ends_with("/images/tiny.iso")));
+    assert!(isos.as_array().ok_or("array")?.iter().all(|i| i["name"] != "notes.txt"));
+
+    let (_, interfaces) = s.get("/api/interfaces", &admin).await;
+    let lo = interfaces.as_array().ok_or("array")?.iter().find(|i| i["name"] == "lo").ok_or("lo")?;
+    assert_eq!(lo["kind"], "loopback");
+    let (status, bridges) = s.get("/api/bridges", &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(bridges.as_array().ok_or("array")?.iter().all(|b| b["kind"] == "bridge"));
+    let (_, user) = s.get("/api/system/user", &admin).await;
+    let uid = nix_uid();
+    assert_eq!(user["uid"], uid);
+    assert_eq!(user["is_root"], uid == 0);
+    Ok(())
+}
+
+fn nix_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
