@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 ensure_packages "${VM_PACKAGES[@]}"
 ensure_dockerd
 ensure_rust
+# The tiny guest every end-to-end test boots; rebuilt only when its inputs change.
+export FASTVM_TEST_GUEST_ISO="${FASTVM_TEST_GUEST_ISO:-/var/cache/fastvm/guest/fastvm-test-guest.iso}"
+log "test guest ISO ($FASTVM_TEST_GUEST_ISO)"
+as_root bash tests/guest/build-test-guest.sh "$(dirname "$FASTVM_TEST_GUEST_ISO")" >/dev/null
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

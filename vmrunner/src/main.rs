@@ -6,13 +6,12 @@ mod net;
 mod prepare;
 mod supervise;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vmrunner::run_config::RunConfig;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: vmrunner run <path/to/vmrunner.json> | vmrunner --version");
+    eprintln!("usage: vmrunner run|argv <path/to/vmrunner.json> | vmrunner --version");
     ExitCode::from(2)
 }
 
@@ -23,20 +22,31 @@ fn main() -> ExitCode {
             println!("vmrunner {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        ["run", config] => {
-            let path = PathBuf::from(config);
-            let config: RunConfig = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("vmrunner: cannot read {}: {e}", path.display());
-                    return ExitCode::from(2);
+        ["run", config] => match read_config(config) {
+            Ok(config) => supervise::run(config),
+            Err(code) => code,
+        },
+        // The QEMU command line a run would use (one argument per line), for debugging and benchmarks.
+        ["argv", config] => match read_config(config) {
+            Ok(config) => {
+                println!("{}", config.qemu.display());
+                for arg in vmrunner::argv::qemu_args(&config.spec, &config.launch) {
+                    println!("{arg}");
                 }
-            };
-            supervise::run(config)
-        }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         _ => usage(),
     }
+}
+
+fn read_config(path: &str) -> Result<RunConfig, ExitCode> {
+    std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            eprintln!("vmrunner: cannot read {path}: {e}");
+            ExitCode::from(2)
+        })
 }

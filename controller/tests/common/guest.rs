@@ -10,9 +10,12 @@ pub const DEFAULT_GUEST_ISO: &str = "/var/cache/fastvm/guest/fastvm-test-guest.i
 
 /// The guest ISO, or None (with a note) outside CI when it has not been built. Under CI a missing
 /// ISO or QEMU is a failure, never a silent skip.
+pub fn iso_path() -> PathBuf {
+    PathBuf::from(std::env::var("FASTVM_TEST_GUEST_ISO").unwrap_or_else(|_| DEFAULT_GUEST_ISO.into()))
+}
+
 pub fn guest_iso() -> Option<PathBuf> {
-    let path =
-        PathBuf::from(std::env::var("FASTVM_TEST_GUEST_ISO").unwrap_or_else(|_| DEFAULT_GUEST_ISO.into()));
+    let path = iso_path();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let qemu = controller::system::find_in_path("qemu-system-x86_64").is_some();
     if path.is_file() && qemu {

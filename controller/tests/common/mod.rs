@@ -28,7 +28,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s.login_rate_limit = RateLimit::Off;
     s.accel = "tcg".into();
     s.port_forward_bind = "127.0.0.1".into();
-    s.iso_dirs = std::path::Path::new(guest::DEFAULT_GUEST_ISO).parent().map(|p| p.display().to_string());
+    s.iso_dirs = guest::iso_path().parent().map(|p| p.display().to_string());
     s.vmrunner = Some(vmrunner_binary());
     s
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Benchmark: time from "start" to QMP running and to guest READY, through the Fast VM API versus
+raw qemu-system-x86_64 with the very same argv, in one run, on the test guest.
+
+usage: tests/bench/vm_start.py [--runs N] [--accel tcg|kvm] [--firmware uefi|bios]
+Needs release binaries (cargo build --release) and the test guest ISO (scripts/test.sh builds it).
+Talks only to 127.0.0.1 and to unix sockets in its own temporary directory.
+"""
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ISO = os.environ.get("FASTVM_TEST_GUEST_ISO", "/var/cache/fastvm/guest/fastvm-test-guest.iso")
+READY = b"FASTVM-GUEST-READY"
+
+
+def api(base, method, path, token=None, body=None):
+    req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read() or b"null")
+
+
+def ready_count(run_dir):
+    try:
+        with open(os.path.join(run_dir, "serial.log"), "rb") as f:
+            return f.read().count(READY)
+    except FileNotFoundError:
+        return 0
+
+
+def wait_ready(run_dir, before, timeout=300):
+    deadline = time.monotonic() + timeout
+    while ready_count(run_dir) <= before:
+        if time.monotonic() > deadline:
+            sys.exit("guest never became READY")
+        time.sleep(0.02)
+
+
+def qmp(path, *commands):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    f = s.makefile("rw")
+    f.readline()
+    for cmd in ("qmp_capabilities",) + commands:
+        f.write(json.dumps({"execute": cmd}) + "\n")
+        f.flush()
+        while True:
+            msg = json.loads(f.readline())
+            if "return" in msg or "error" in msg:
+                break
+    s.close()
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--accel", default="tcg")
+    ap.add_argument("--firmware", default="uefi")
+    args = ap.parse_args()
+    fastvm = os.path.join(ROOT, "target/release/fastvm")
+    vmrunner = os.path.join(ROOT, "target/release/vmrunner")
+    for b in (fastvm, vmrunner, ISO):
+        if not os.path.exists(b):
+            sys.exit(f"missing {b}: run cargo build --release and scripts/test.sh first")
+
+    data = tempfile.mkdtemp(prefix="fvbench-")
+    env = dict(os.environ, FASTVM_DATA_DIR=data, FASTVM_ACCEL=args.accel, FASTVM_BCRYPT_COST="4",
+               FASTVM_ISO_DIRS=os.path.dirname(ISO), FASTVM_PORT_FORWARD_BIND="127.0.0.1", FASTVM_LOG_FORMAT="json")
+    port = socket.socket(); port.bind(("127.0.0.1", 0)); listen = port.getsockname(); port.close()
+    server = subprocess.Popen([fastvm, "serve", "--listen", f"{listen[0]}:{listen[1]}"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://{listen[0]}:{listen[1]}"
+    try:
+        for _ in range(200):
+            try:
+                api(base, "GET", "/api/health"); break
+            except OSError:
+                time.sleep(0.05)
+        token = api(base, "POST", "/api/auth/login", body={"username": "admin", "password": "admin"})["access_token"]
+        vm = api(base, "POST", "/api/vms", token, {"name": "bench", "memory": 256, "cpus": 1, "disk_size": 1,
+                 "firmware": args.firmware, "iso_path": ISO, "boot_order": ["cdrom", "disk"]})["vm"]
+        vid = vm["id"]
+        run_dir = os.path.join(data, "run", vid)
+
+        api_qmp, api_ready = [], []
+        for _ in range(args.runs):
+            before = ready_count(run_dir)
+            t0 = time.monotonic()
+            api(base, "POST", f"/api/vms/{vid}/start", token)
+            api_qmp.append(time.monotonic() - t0)
+            wait_ready(run_dir, before)
+            api_ready.append(time.monotonic() - t0)
+            api(base, "POST", f"/api/vms/{vid}/stop?force=true", token)
+
+        argv = subprocess.run([vmrunner, "argv", os.path.join(run_dir, "vmrunner.json")], check=True,
+                              capture_output=True, text=True).stdout.splitlines()
+        raw_qmp, raw_ready = [], []
+        for _ in range(args.runs):
+            before = ready_count(run_dir)
+            for sock in ("qmp.sock",):
+                try: os.unlink(os.path.join(run_dir, sock))
+                except FileNotFoundError: pass
+            t0 = time.monotonic()
+            qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while True:
+                try:
+                    qmp(os.path.join(run_dir, "qmp.sock"), "cont"); break
+                except OSError:
+                    time.sleep(0.02)
+            raw_qmp.append(time.monotonic() - t0)
+            wait_ready(run_dir, before)
+            raw_ready.append(time.monotonic() - t0)
+            qmp(os.path.join(run_dir, "qmp.sock"), "quit")
+            qemu.wait(timeout=30)
+        api(base, "DELETE", f"/api/vms/{vid}?force=true", token)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+    print(f"VM start benchmark ({args.runs} runs each, accel={args.accel}, firmware={args.firmware}, medians)")
+    print(f"{'':24}{'Fast VM API':>14}{'raw QEMU':>12}{'ratio':>8}")
+    for label, a, r in (("start -> QMP running", api_qmp, raw_qmp), ("start -> guest READY", api_ready, raw_ready)):
+        print(f"{label:24}{median(a):13.3f}s{median(r):11.3f}s{median(a) / median(r):8.2f}")
+
+
+if __name__ == "__main__":
+    main()
