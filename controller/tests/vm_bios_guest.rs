@@ -29,6 +29,7 @@ async fn token(client: &Client, server: &Fastvm) -> Result<String, Box<dyn std::
 async fn bios_guest_survives_controller_restarts_and_reports_crashes() -> TestResult {
     let Some(iso) = guest_iso() else { return Ok(()) };
     let data = tempfile::tempdir()?;
+    let _reaper = common::guest::VmReaper(data.path().to_path_buf());
     let iso_dir = iso.parent().ok_or("iso dir")?.display().to_string();
     let env = [("FASTVM_ISO_DIRS", iso_dir.as_str())];
     let client = Client::new();

@@ -12,6 +12,8 @@ pub const CONFIG_FILE: &str = "vmrunner.json";
 pub const READY_FILE: &str = "ready";
 /// Written by vmrunner when QEMU has exited: `ExitRecord` as JSON.
 pub const EXIT_FILE: &str = "exit.json";
+/// vmrunner's own pid while it runs (it removes the file when it is done cleaning up).
+pub const PID_FILE: &str = "vmrunner.pid";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunConfig {

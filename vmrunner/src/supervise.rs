@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use vmrunner::argv::qemu_args;
-use vmrunner::run_config::{EXIT_FILE, ExitRecord, READY_FILE, RunConfig};
+use vmrunner::run_config::{EXIT_FILE, ExitRecord, PID_FILE, READY_FILE, RunConfig};
 
 use crate::net::HostNics;
 use crate::prepare::{self, Result};
@@ -37,11 +37,22 @@ pub fn run(cfg: RunConfig) -> ExitCode {
     let run_dir = cfg.launch.run_dir.clone();
     let _ = std::fs::remove_file(run_dir.join(READY_FILE));
     let _ = std::fs::remove_file(run_dir.join(EXIT_FILE));
+    if std::fs::create_dir_all(&run_dir)
+        .and_then(|_| std::fs::write(run_dir.join(PID_FILE), std::process::id().to_string()))
+        .is_err()
+    {
+        eprintln!("vmrunner: cannot write {}", run_dir.join(PID_FILE).display());
+    }
     let outcome = start_and_wait(&cfg);
     let _ = std::fs::remove_file(run_dir.join(READY_FILE));
     for sock in ["qmp.sock", "qga.sock", "serial.sock", "spice.sock", "vnc.sock", "swtpm.sock"] {
         let _ = std::fs::remove_file(run_dir.join(sock));
     }
+    // Last: whoever waits for this run to be completely over watches this file.
+    let finish = |code: ExitCode| {
+        let _ = std::fs::remove_file(run_dir.join(PID_FILE));
+        code
+    };
     match outcome {
         Ok(status) => {
             write_exit(
@@ -50,12 +61,12 @@ pub fn run(cfg: RunConfig) -> ExitCode {
             );
             let code = status.code().unwrap_or(128 + status.signal().unwrap_or(0));
             eprintln!("vmrunner: QEMU exited ({status})");
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
+            finish(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Err(error) => {
             eprintln!("vmrunner: {error}");
             write_exit(&cfg, &ExitRecord { code: None, signal: None, error: Some(error), at: now() });
-            ExitCode::FAILURE
+            finish(ExitCode::FAILURE)
         }
     }
 }

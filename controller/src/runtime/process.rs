@@ -9,13 +9,15 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use vmrunner::run_config::{CONFIG_FILE, READY_FILE, RunConfig};
+use vmrunner::run_config::{CONFIG_FILE, PID_FILE, READY_FILE, RunConfig};
 
 use super::{Actual, RunDirs, Runtime, StopMode, tail};
 use crate::qmp;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// How long vmrunner may take to clean up (swtpm, taps) after QEMU exits.
+const CLEANUP_GRACE: Duration = Duration::from_secs(10);
 
 pub struct ProcessRuntime {
     pub vmrunner: PathBuf,
@@ -37,6 +39,31 @@ impl ProcessRuntime {
         (ours && !zombie).then_some(pid)
     }
 
+    /// Whether this VM's vmrunner is still alive (it may outlive QEMU briefly while it cleans up).
+    fn runner_alive(&self, vm_id: &str) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.dirs.of(vm_id).join(PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let config = self.dirs.of(vm_id).join(CONFIG_FILE);
+        String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy())
+    }
+
+    /// Waits for the previous run to be completely over, so its clean-up cannot undo the next run's set-up.
+    async fn wait_runner_done(&self, vm_id: &str) -> bool {
+        let deadline = Instant::now() + CLEANUP_GRACE;
+        while self.runner_alive(vm_id) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     async fn wait_gone(&self, vm_id: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
@@ -49,6 +76,30 @@ impl ProcessRuntime {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// ACPI (for a graceful stop), then QMP quit, then SIGKILL: each step only if the one before failed.
+    async fn stop_qemu(&self, vm_id: &str, mode: StopMode) -> anyhow::Result<()> {
+        let Some(pid) = self.qemu_pid(vm_id) else { return Ok(()) };
+        let qmp = self.dirs.qmp(vm_id);
+        if let StopMode::Graceful { timeout } = mode {
+            if qmp::command(&qmp, "system_powerdown", None).await.is_ok()
+                && self.wait_gone(vm_id, timeout).await
+            {
+                return Ok(());
+            }
+            tracing::info!(vm_id, "guest did not power off in time; quitting QEMU");
+        }
+        let _ = qmp::command(&qmp, "quit", None).await;
+        if self.wait_gone(vm_id, QUIT_GRACE).await {
+            return Ok(());
+        }
+        tracing::warn!(vm_id, pid, "QEMU did not quit; killing it");
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        if !self.wait_gone(vm_id, QUIT_GRACE).await {
+            bail!("QEMU (pid {pid}) survived SIGKILL");
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -60,6 +111,9 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, config: &RunConfig) -> anyhow::Result<Actual> {
         let vm_id = config.launch.vm_id.clone();
         let run_dir = config.launch.run_dir.clone();
+        if !self.wait_runner_done(&vm_id).await {
+            bail!("the previous run of this VM is still shutting down; try again");
+        }
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         for stale in [READY_FILE, vmrunner::run_config::EXIT_FILE] {
             let _ = std::fs::remove_file(run_dir.join(stale));
@@ -106,28 +160,12 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn stop(&self, vm_id: &str, mode: StopMode) -> anyhow::Result<()> {
-        let Some(pid) = self.qemu_pid(vm_id) else { return Ok(()) };
-        let qmp = self.dirs.qmp(vm_id);
-        if let StopMode::Graceful { timeout } = mode {
-            if qmp::command(&qmp, "system_powerdown", None).await.is_ok()
-                && self.wait_gone(vm_id, timeout).await
-            {
-                return Ok(());
-            }
-            tracing::info!(vm_id, "guest did not power off in time; quitting QEMU");
-        }
-        let _ = qmp::command(&qmp, "quit", None).await;
-        if self.wait_gone(vm_id, QUIT_GRACE).await {
-            return Ok(());
-        }
-        tracing::warn!(vm_id, pid, "QEMU did not quit; killing it");
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        if !self.wait_gone(vm_id, QUIT_GRACE).await {
-            bail!("QEMU (pid {pid}) survived SIGKILL");
+        self.stop_qemu(vm_id, mode).await?;
+        if !self.wait_runner_done(vm_id).await {
+            tracing::warn!(vm_id, "vmrunner is still cleaning up after QEMU exited");
         }
         Ok(())
     }
-
     async fn inspect(&self, vm_id: &str) -> anyhow::Result<Actual> {
         let pid = self.qemu_pid(vm_id);
         Ok(Actual { vm_id: vm_id.to_string(), running: pid.is_some(), pid })

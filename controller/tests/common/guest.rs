@@ -76,3 +76,23 @@ pub fn qemu_pids(vm_id: &str) -> Vec<u32> {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
+
+/// Kills every QEMU whose run directory is under `data_dir`: a failed test must not leave guests
+/// running (they would slow every later test down).
+pub fn kill_vms_under(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("run")) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        for pid in qemu_pids(&entry.file_name().to_string_lossy()) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Calls `kill_vms_under` when dropped.
+pub struct VmReaper(pub PathBuf);
+
+impl Drop for VmReaper {
+    fn drop(&mut self) {
+        kill_vms_under(&self.0);
+    }
+}

@@ -151,3 +151,9 @@ impl TestServer {
 }
 pub mod guest;
 pub mod process;
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        guest::kill_vms_under(self.data_dir.path());
+    }
+}
