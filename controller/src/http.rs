@@ -14,6 +14,19 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ErrorBody;
 
+/// The answer to an action that has nothing else to return.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Message {
+    pub success: bool,
+    pub message: String,
+}
+
+impl Message {
+    pub fn ok(message: impl Into<String>) -> Json<Message> {
+        Json(Message { success: true, message: message.into() })
+    }
+}
+
 /// The peer address of the connection (a reverse proxy's address when there is one).
 pub struct ClientIp(pub Option<IpAddr>);
 

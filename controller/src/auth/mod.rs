@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::audit::Audit;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::http::ClientIp;
+use crate::http::{ClientIp, Message};
 use crate::state::AppState;
 use crate::store::{Store, now_unix};
 pub use extract::{AdminUser, AuthUser};
@@ -70,17 +70,6 @@ pub struct TokenResponse {
     pub username: String,
     pub is_admin: bool,
     pub must_change_password: bool,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Message {
-    pub message: String,
-}
-
-impl Message {
-    fn new(m: impl Into<String>) -> Json<Message> {
-        Json(Message { message: m.into() })
-    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -173,7 +162,7 @@ async fn logout(
 ) -> ApiResult<Json<Message>> {
     audit.action("auth.logout").target(&user.username);
     state.store.call(move |c| Ok(users::revoke_session(c, &user.jti, now_unix())?)).await?;
-    Ok(Message::new("Logged out"))
+    Ok(Message::ok("Logged out"))
 }
 
 /// The signed-in user.
@@ -214,7 +203,7 @@ async fn change_password(
         .store
         .call(move |c| Ok(users::set_password(c, &user.username, &hash, false, Some(&user.jti), now_unix())?))
         .await?;
-    Ok(Message::new("Password changed"))
+    Ok(Message::ok("Password changed"))
 }
 
 /// All users (admin only).
@@ -306,5 +295,5 @@ async fn delete_user(
             Ok(Ok(()))
         })
         .await??;
-    Ok(Message::new(format!("User {username} deleted")))
+    Ok(Message::ok(format!("User {username} deleted")))
 }

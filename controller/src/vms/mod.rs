@@ -23,6 +23,7 @@ use crate::audit::Audit;
 use crate::auth::AuthUser;
 use crate::auth::users::{self, SessionUser};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::Message;
 use crate::runtime::StopMode;
 use crate::state::AppState;
 use model::{VmActionResponse, VmRecord, VmView};
@@ -163,13 +164,7 @@ async fn delete_vm(
     audit.action("vm.delete").target(&vm_id);
     let vm = owned(&state, &user, &vm_id).await?;
     state.vms.delete(&vm_id, q.force.unwrap_or(false)).await?;
-    Ok(Json(Message { success: true, message: format!("VM {} deleted", vm.spec.name) }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Message {
-    pub success: bool,
-    pub message: String,
+    Ok(Message::ok(format!("VM {} deleted", vm.spec.name)))
 }
 
 /// Start a stopped VM. Returns once QEMU runs the guest.

@@ -8,6 +8,10 @@ use super::model::{VmRecord, VmStatus};
 const COLUMNS: &str =
     "id, owner, uuid, spec, runtime, status, accel, started_at, last_error, created_at, updated_at";
 
+fn spec_json(spec: &VmSpec) -> rusqlite::Result<String> {
+    serde_json::to_string(spec).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VmRecord> {
     let spec_json: String = row.get(3)?;
     let spec: VmSpec = serde_json::from_str(&spec_json).map_err(|e| {
@@ -111,7 +115,7 @@ pub fn insert(conn: &mut Connection, r: &VmRecord) -> rusqlite::Result<()> {
             r.id,
             r.owner,
             r.uuid,
-            serde_json::to_string(&r.spec).unwrap_or_default(),
+            spec_json(&r.spec)?,
             r.runtime,
             r.status.as_str(),
             r.accel,
@@ -136,7 +140,7 @@ pub fn update_spec(
     let tx = conn.transaction()?;
     tx.execute(
         "UPDATE vms SET spec = ?2, name = ?3, owner = ?4, updated_at = ?5 WHERE id = ?1",
-        params![id, serde_json::to_string(spec).unwrap_or_default(), spec.name, owner, now],
+        params![id, spec_json(spec)?, spec.name, owner, now],
     )?;
     write_claims(&tx, id, spec)?;
     tx.commit()
