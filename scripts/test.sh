@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# The docker runtime's tests start VMs from this image, holding the vmrunner built from this checkout.
+bash scripts/build-images.sh --profile debug
+
 log "cargo test"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

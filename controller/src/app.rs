@@ -20,8 +20,9 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
-use crate::runtime::RunDirs;
+use crate::runtime::docker::{self, DockerRuntime};
 use crate::runtime::process::ProcessRuntime;
+use crate::runtime::{RunDirs, Runtime};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
@@ -84,7 +85,7 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
     let store = Store::open(&settings.db_path())?;
     let tokens = TokenKeys::load(settings.jwt_secret.as_deref(), &settings.data_dir)?;
     auth::ensure_default_admin(&store, settings.bcrypt_cost).await?;
-    let vms = Arc::new(vm_manager(&settings, store.clone())?);
+    let vms = Arc::new(vm_manager(&settings, store.clone()).await?);
     if let Err(e) = vms.reconcile().await {
         tracing::error!(error = ?e, "initial reconcile failed");
     }
@@ -106,16 +107,58 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
     })
 }
 
-fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManager> {
+/// The docker runtime, when `FASTVM_RUNTIME` asks for it (or `auto` finds an engine and the image).
+async fn docker_runtime(settings: &Settings, run_dirs: &RunDirs) -> anyhow::Result<Option<DockerRuntime>> {
+    let make = |docker| DockerRuntime {
+        docker,
+        image: settings.vmrunner_image.clone(),
+        dirs: run_dirs.clone(),
+        port_forward_bind: settings.port_forward_bind.clone(),
+    };
+    match settings.runtime.trim().to_ascii_lowercase().as_str() {
+        "process" => Ok(None),
+        "docker" => {
+            let docker = docker::connect().await.context("FASTVM_RUNTIME=docker needs a Docker engine")?;
+            if docker.inspect_image(&settings.vmrunner_image).await.is_err() {
+                tracing::warn!(
+                    image = settings.vmrunner_image,
+                    "vmrunner image not found: VMs will not start until it is built"
+                );
+            }
+            Ok(Some(make(docker)))
+        }
+        "auto" => match docker::connect().await {
+            Ok(docker) if docker.inspect_image(&settings.vmrunner_image).await.is_ok() => {
+                Ok(Some(make(docker)))
+            }
+            _ => Ok(None),
+        },
+        other => anyhow::bail!("FASTVM_RUNTIME must be process, docker or auto, not {other:?}"),
+    }
+}
+
+async fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManager> {
     let accel = host::choose_accel(&settings.accel)?;
     let program = |name: &str| host::locate_program(None, name).unwrap_or_else(|| name.into());
     let vmrunner =
         host::locate_program(settings.vmrunner.as_deref(), "vmrunner").unwrap_or_else(|| "vmrunner".into());
     let run_dirs = RunDirs { root: settings.run_dir() };
-    tracing::info!(accel = vms::manager::accel_name(accel), vmrunner = %vmrunner.display(), "VM runtime: process");
+    // The process runtime is always there, so VMs it started stay manageable whatever the setting.
+    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime { vmrunner, dirs: run_dirs.clone() });
+    let mut runtimes = vec![process.clone()];
+    let active = match docker_runtime(settings, &run_dirs).await? {
+        Some(d) => {
+            let d: Arc<dyn Runtime> = Arc::new(d);
+            runtimes.push(d.clone());
+            d
+        }
+        None => process,
+    };
+    tracing::info!(accel = vms::manager::accel_name(accel), runtime = active.name(), "VM runtime ready");
     Ok(VmManager::new(
         store,
-        Arc::new(ProcessRuntime { vmrunner, dirs: run_dirs.clone() }),
+        runtimes,
+        active,
         run_dirs,
         settings.data_dir.join("vms"),
         accel,

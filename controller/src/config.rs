@@ -50,6 +50,13 @@ pub struct Settings {
     /// The vmrunner binary (default: next to fastvm, else on the PATH).
     #[arg(long, env = "FASTVM_VMRUNNER")]
     pub vmrunner: Option<PathBuf>,
+    /// How VMs run: `process` (vmrunner as a child process), `docker` (one container per VM), or
+    /// `auto` (docker when an engine answers and the vmrunner image exists, else process).
+    #[arg(long, env = "FASTVM_RUNTIME", default_value = "process")]
+    pub runtime: String,
+    /// Image the docker runtime starts VMs from.
+    #[arg(long, env = "FASTVM_VMRUNNER_IMAGE", default_value = "fastvm/vmrunner:latest")]
+    pub vmrunner_image: String,
     /// Host address that NAT port forwards listen on.
     #[arg(long, env = "FASTVM_PORT_FORWARD_BIND", default_value = "0.0.0.0")]
     pub port_forward_bind: String,
@@ -101,6 +108,8 @@ impl Settings {
             iso_dirs: None,
             vmrunner: None,
             port_forward_bind: "0.0.0.0".into(),
+            runtime: "process".into(),
+            vmrunner_image: "fastvm/vmrunner:latest".into(),
         }
     }
 

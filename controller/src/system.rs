@@ -53,6 +53,8 @@ pub struct Health {
     pub status: String,
     pub service: String,
     pub version: String,
+    /// The runtime new VMs get: `process` or `docker`.
+    pub runtime: String,
     pub checks: HealthChecks,
 }
 
@@ -150,6 +152,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         status: if healthy { "healthy" } else { "degraded" }.into(),
         service: "Fast VM".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        runtime: state.vms.runtime.name().into(),
         checks: HealthChecks { database, qemu, kvm, docker },
     })
 }

@@ -2,14 +2,21 @@
 //! child process (the embedded default), and the docker runtime (its own issue) plugs in the same way.
 //! Either way everything about a running VM is reached through its run directory.
 
+pub mod docker;
 pub mod process;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, bail};
 use async_trait::async_trait;
 use serde::Serialize;
-use vmrunner::run_config::{EXIT_FILE, ExitRecord, RunConfig};
+use vmrunner::run_config::{CONFIG_FILE, EXIT_FILE, ExitRecord, READY_FILE, RunConfig};
+
+use crate::qmp;
+
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
@@ -31,12 +38,104 @@ pub struct Actual {
 #[async_trait]
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
+    fn run_dirs(&self) -> &RunDirs;
     /// Starts the VM; returns once QEMU is set up and the guest resumed.
     async fn start(&self, config: &RunConfig) -> anyhow::Result<Actual>;
-    async fn stop(&self, vm_id: &str, mode: StopMode) -> anyhow::Result<()>;
     async fn inspect(&self, vm_id: &str) -> anyhow::Result<Actual>;
-    /// Every VM this runtime finds running, for reconciliation.
+    /// Every VM this runtime knows (running or not), for reconciliation.
     async fn list(&self) -> anyhow::Result<Vec<Actual>>;
+    /// Ends QEMU at once (SIGKILL, or killing its container).
+    async fn kill(&self, vm_id: &str) -> anyhow::Result<()>;
+    /// Waits until what surrounds QEMU (vmrunner's clean-up, the container) is finished too.
+    async fn finished(&self, _vm_id: &str) {}
+    /// Forgets a deleted VM (removes its container).
+    async fn remove(&self, _vm_id: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// The runtime's own account of how the last run ended (exit code, last log lines), if any.
+    async fn exit_detail(&self, _vm_id: &str) -> Option<String> {
+        None
+    }
+
+    /// ACPI power button (graceful), then QMP `quit`, then `kill`: each step only if the one before
+    /// did not end QEMU in time.
+    async fn stop(&self, vm_id: &str, mode: StopMode) -> anyhow::Result<()> {
+        if self.inspect(vm_id).await?.running {
+            let qmp = self.run_dirs().qmp(vm_id);
+            let mut done = false;
+            if let StopMode::Graceful { timeout } = mode {
+                done = qmp::command(&qmp, "system_powerdown", None).await.is_ok()
+                    && self.wait_gone(vm_id, timeout).await;
+                if !done {
+                    tracing::info!(vm_id, "guest did not power off in time; quitting QEMU");
+                }
+            }
+            if !done {
+                let _ = qmp::command(&qmp, "quit", None).await;
+                done = self.wait_gone(vm_id, QUIT_GRACE).await;
+            }
+            if !done {
+                tracing::warn!(vm_id, "QEMU did not quit; killing it");
+                self.kill(vm_id).await?;
+                if !self.wait_gone(vm_id, QUIT_GRACE).await {
+                    bail!("QEMU of VM {vm_id} survived being killed");
+                }
+            }
+        }
+        self.finished(vm_id).await;
+        Ok(())
+    }
+
+    async fn wait_gone(&self, vm_id: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if !self.inspect(vm_id).await.map(|a| a.running).unwrap_or(true) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Writes `vmrunner.json` (atomically) into a fresh run directory and returns its path.
+pub fn write_run_config(config: &RunConfig) -> anyhow::Result<PathBuf> {
+    let run_dir = &config.launch.run_dir;
+    // Both exist before a container bind-mounts them.
+    for dir in [run_dir, &config.launch.vm_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for stale in [READY_FILE, EXIT_FILE] {
+        let _ = std::fs::remove_file(run_dir.join(stale));
+    }
+    let path = run_dir.join(CONFIG_FILE);
+    let tmp = run_dir.join(format!("{CONFIG_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(config)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Waits for vmrunner's READY file; `failed` reports (with the reason) a run that ended first.
+pub async fn wait_ready<F, Fut>(run_dir: &Path, mut failed: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<String>>>,
+{
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if run_dir.join(READY_FILE).exists() {
+            return Ok(());
+        }
+        if let Some(reason) = failed().await? {
+            bail!("the VM did not start: {reason}");
+        }
+        if Instant::now() > deadline {
+            bail!("the VM did not start within {} s", START_TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The run directory layout shared by every runtime.

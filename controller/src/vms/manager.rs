@@ -22,6 +22,9 @@ use crate::store::{Store, now_unix};
 
 pub struct VmManager {
     pub store: Store,
+    /// Every runtime this controller can drive, by name; a VM keeps the runtime it was created with.
+    runtimes: HashMap<&'static str, Arc<dyn Runtime>>,
+    /// The runtime new VMs get.
     pub runtime: Arc<dyn Runtime>,
     pub run_dirs: RunDirs,
     pub vms_dir: PathBuf,
@@ -54,6 +57,7 @@ impl VmManager {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
+        runtimes: Vec<Arc<dyn Runtime>>,
         runtime: Arc<dyn Runtime>,
         run_dirs: RunDirs,
         vms_dir: PathBuf,
@@ -66,6 +70,7 @@ impl VmManager {
     ) -> VmManager {
         VmManager {
             store,
+            runtimes: runtimes.into_iter().map(|r| (r.name(), r)).collect(),
             runtime,
             run_dirs,
             vms_dir,
@@ -97,6 +102,16 @@ impl VmManager {
 
     fn forget_lock(&self, id: &str) {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// The runtime that runs `vm`.
+    fn rt(&self, vm: &VmRecord) -> ApiResult<&Arc<dyn Runtime>> {
+        self.runtimes.get(vm.runtime.as_str()).ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "VM {} uses the {} runtime, which this controller is not running (FASTVM_RUNTIME)",
+                vm.id, vm.runtime
+            ))
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -171,7 +186,7 @@ impl VmManager {
     pub async fn update(&self, id: &str, mut spec: VmSpec, owner: Option<String>) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
         let current = self.get(id).await?;
-        if self.runtime.inspect(id).await?.running {
+        if self.rt(&current)?.inspect(id).await?.running {
             return Err(ApiError::Conflict("Stop the VM before changing its configuration".into()));
         }
         self.normalize(&mut spec)?;
@@ -238,11 +253,12 @@ impl VmManager {
     }
 
     async fn start_locked(&self, vm: &VmRecord) -> ApiResult<()> {
-        if self.runtime.inspect(&vm.id).await?.running {
+        let rt = self.rt(vm)?;
+        if rt.inspect(&vm.id).await?.running {
             return Err(ApiError::Conflict("VM is already running".into()));
         }
         let config = self.run_config(vm)?;
-        match self.runtime.start(&config).await {
+        match rt.start(&config).await {
             Ok(_) => {
                 let (id, accel) = (vm.id.clone(), accel_name(self.accel));
                 self.store.call(move |c| Ok(store::set_running(c, &id, accel, now_unix())?)).await?;
@@ -264,20 +280,20 @@ impl VmManager {
         self.get(id).await
     }
 
-    async fn stop_locked(&self, id: &str, mode: StopMode) -> ApiResult<()> {
-        self.runtime.stop(id, mode).await.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
-        let i = id.to_string();
+    async fn stop_locked(&self, vm: &VmRecord, mode: StopMode) -> ApiResult<()> {
+        self.rt(vm)?.stop(&vm.id, mode).await.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
+        let i = vm.id.clone();
         self.store.call(move |c| Ok(store::set_stopped(c, &i, None, now_unix())?)).await?;
         Ok(())
     }
 
     pub async fn stop(&self, id: &str, mode: StopMode) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
-        self.get(id).await?;
-        if !self.runtime.inspect(id).await?.running {
+        let vm = self.get(id).await?;
+        if !self.rt(&vm)?.inspect(id).await?.running {
             return Err(ApiError::Conflict("VM is not running".into()));
         }
-        self.stop_locked(id, mode).await?;
+        self.stop_locked(&vm, mode).await?;
         self.get(id).await
     }
 
@@ -286,7 +302,7 @@ impl VmManager {
     pub async fn restart(&self, id: &str, hard: bool, timeout: Duration) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
         let vm = self.get(id).await?;
-        if !self.runtime.inspect(id).await?.running {
+        if !self.rt(&vm)?.inspect(id).await?.running {
             return Err(ApiError::Conflict("VM is not running".into()));
         }
         if hard {
@@ -294,7 +310,7 @@ impl VmManager {
                 .await
                 .map_err(|e| ApiError::Operation(format!("{e:#}")))?;
         } else {
-            self.stop_locked(id, StopMode::Graceful { timeout }).await?;
+            self.stop_locked(&vm, StopMode::Graceful { timeout }).await?;
             self.start_locked(&vm).await?;
         }
         self.get(id).await
@@ -302,13 +318,17 @@ impl VmManager {
 
     pub async fn delete(&self, id: &str, force: bool) -> ApiResult<()> {
         let guard = self.lock(id).await;
-        self.get(id).await?;
-        if self.runtime.inspect(id).await?.running {
+        let vm = self.get(id).await?;
+        let rt = self.rt(&vm)?;
+        if rt.inspect(id).await?.running {
             if !force {
                 return Err(ApiError::Conflict("VM is running: stop it first or use ?force=true".into()));
             }
-            self.stop_locked(id, StopMode::Force).await?;
+            self.stop_locked(&vm, StopMode::Force).await?;
         }
+        rt.remove(id)
+            .await
+            .map_err(|e| ApiError::Operation(format!("removing the VM's container: {e:#}")))?;
         let i = id.to_string();
         self.store.call(move |c| Ok(store::delete(c, &i)?)).await?;
         // Only the VM's own directories: ISOs live elsewhere and are never touched.
@@ -331,14 +351,29 @@ impl VmManager {
     /// stopped (with the reason when it ended badly); running QEMUs are (re)adopted.
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let vms = self.store.call(|c| Ok(store::list(c)?)).await?;
+        // Containers (or run directories) of VMs that no longer exist are removed.
+        for rt in self.runtimes.values() {
+            for actual in rt.list().await? {
+                if !vms.iter().any(|vm| vm.id == actual.vm_id) && rt.name() != "process" {
+                    tracing::info!(
+                        vm_id = actual.vm_id,
+                        runtime = rt.name(),
+                        "removing leftovers of a deleted VM"
+                    );
+                    let _ = rt.kill(&actual.vm_id).await;
+                    rt.remove(&actual.vm_id).await?;
+                }
+            }
+        }
         for vm in vms {
             // A VM in the middle of an operation is that operation's business.
             let Some(_guard) = self.try_lock(&vm.id) else { continue };
-            let actual = self.runtime.inspect(&vm.id).await?;
+            let Ok(rt) = self.rt(&vm) else { continue };
+            let actual = rt.inspect(&vm.id).await?;
             let now = now_unix();
             match (vm.status, actual.running) {
                 (VmStatus::Running, false) => {
-                    let error = self.exit_error(&vm.id);
+                    let error = self.exit_error(&vm.id, rt.exit_detail(&vm.id).await);
                     if let Some(e) = &error {
                         tracing::warn!(vm_id = vm.id, error = e, "VM stopped unexpectedly");
                     }
@@ -356,8 +391,9 @@ impl VmManager {
         Ok(())
     }
 
-    /// Why the last run ended, when it did not end cleanly.
-    fn exit_error(&self, id: &str) -> Option<String> {
+    /// Why the last run ended, when it did not end cleanly. `runtime_detail` is the runtime's own
+    /// account (a container's exit code and logs), used when vmrunner could not record anything.
+    fn exit_error(&self, id: &str, runtime_detail: Option<String>) -> Option<String> {
         let last_lines = || tail(&self.run_dirs.of(id).join("qemu.log"), 5);
         match self.run_dirs.exit_record(id) {
             Some(r) if r.error.is_some() => r.error,
@@ -367,7 +403,11 @@ impl VmManager {
                 (code, _) => format!("QEMU exited with code {}. {}", code.unwrap_or(-1), last_lines()),
             }),
             // vmrunner itself was killed: it could not record anything.
-            None => Some(format!("the VM's supervisor ended without a record. {}", last_lines())),
+            None => {
+                Some(runtime_detail.unwrap_or_else(|| {
+                    format!("the VM's supervisor ended without a record. {}", last_lines())
+                }))
+            }
         }
     }
 }
