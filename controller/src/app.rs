@@ -89,10 +89,14 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
     if let Err(e) = vms.reconcile().await {
         tracing::error!(error = ?e, "initial reconcile failed");
     }
+    vms.watch_runtimes();
     let reconciler = vms.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(RECONCILE_INTERVAL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                _ = reconciler.wake.notified() => {}
+            }
             if let Err(e) = reconciler.reconcile().await {
                 tracing::error!(error = ?e, "reconcile failed");
             }

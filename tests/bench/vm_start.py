@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Benchmark: time from "start" to QMP running and to guest READY, through the Fast VM API versus
-raw qemu-system-x86_64 with the very same argv, in one run, on the test guest.
+"""Benchmark: time from "start" to QMP running and to guest READY, through the Fast VM API (process
+and docker runtimes) versus raw qemu-system-x86_64 with the very same argv, in one run, on the test guest.
 
 usage: tests/bench/vm_start.py [--runs N] [--accel tcg|kvm] [--firmware uefi|bios]
-Needs release binaries (cargo build --release) and the test guest ISO (scripts/test.sh builds it).
+Needs release binaries (cargo build --release), the test guest ISO (scripts/test.sh builds it) and,
+for docker, the vmrunner image (scripts/build-images.sh).
 Talks only to 127.0.0.1 and to unix sockets in its own temporary directory.
 """
 import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
@@ -57,25 +58,17 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--accel", default="tcg")
-    ap.add_argument("--firmware", default="uefi")
-    args = ap.parse_args()
-    fastvm = os.path.join(ROOT, "target/release/fastvm")
-    vmrunner = os.path.join(ROOT, "target/release/vmrunner")
-    for b in (fastvm, vmrunner, ISO):
-        if not os.path.exists(b):
-            sys.exit(f"missing {b}: run cargo build --release and scripts/test.sh first")
-
+def bench_runtime(runtime, fastvm, vmrunner, args):
+    """Times API starts on one runtime; for the process runtime also raw QEMU on the same argv."""
     data = tempfile.mkdtemp(prefix="fvbench-")
     env = dict(os.environ, FASTVM_DATA_DIR=data, FASTVM_ACCEL=args.accel, FASTVM_BCRYPT_COST="4",
+               FASTVM_RUNTIME=runtime, FASTVM_VMRUNNER=vmrunner,
                FASTVM_ISO_DIRS=os.path.dirname(ISO), FASTVM_PORT_FORWARD_BIND="127.0.0.1", FASTVM_LOG_FORMAT="json")
     port = socket.socket(); port.bind(("127.0.0.1", 0)); listen = port.getsockname(); port.close()
     server = subprocess.Popen([fastvm, "serve", "--listen", f"{listen[0]}:{listen[1]}"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://{listen[0]}:{listen[1]}"
+    out = {}
     try:
         for _ in range(200):
             try:
@@ -87,47 +80,75 @@ def main():
                  "firmware": args.firmware, "iso_path": ISO, "boot_order": ["cdrom", "disk"]})["vm"]
         vid = vm["id"]
         run_dir = os.path.join(data, "run", vid)
-
-        api_qmp, api_ready = [], []
+        qmp_t, ready_t = [], []
         for _ in range(args.runs):
             before = ready_count(run_dir)
             t0 = time.monotonic()
             api(base, "POST", f"/api/vms/{vid}/start", token)
-            api_qmp.append(time.monotonic() - t0)
+            qmp_t.append(time.monotonic() - t0)
             wait_ready(run_dir, before)
-            api_ready.append(time.monotonic() - t0)
+            ready_t.append(time.monotonic() - t0)
             api(base, "POST", f"/api/vms/{vid}/stop?force=true", token)
-
-        argv = subprocess.run([vmrunner, "argv", os.path.join(run_dir, "vmrunner.json")], check=True,
-                              capture_output=True, text=True).stdout.splitlines()
-        raw_qmp, raw_ready = [], []
-        for _ in range(args.runs):
-            before = ready_count(run_dir)
-            for sock in ("qmp.sock",):
-                try: os.unlink(os.path.join(run_dir, sock))
-                except FileNotFoundError: pass
-            t0 = time.monotonic()
-            qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while True:
-                try:
-                    qmp(os.path.join(run_dir, "qmp.sock"), "cont"); break
-                except OSError:
-                    time.sleep(0.02)
-            raw_qmp.append(time.monotonic() - t0)
-            wait_ready(run_dir, before)
-            raw_ready.append(time.monotonic() - t0)
-            qmp(os.path.join(run_dir, "qmp.sock"), "quit")
-            qemu.wait(timeout=30)
+        out[runtime] = (qmp_t, ready_t)
+        if runtime == "process":
+            out["raw QEMU"] = bench_raw(vmrunner, run_dir, args.runs)
         api(base, "DELETE", f"/api/vms/{vid}?force=true", token)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
+    return out
 
+
+def bench_raw(vmrunner, run_dir, runs):
+    argv = subprocess.run([vmrunner, "argv", os.path.join(run_dir, "vmrunner.json")], check=True,
+                          capture_output=True, text=True).stdout.splitlines()
+    qmp_t, ready_t = [], []
+    for _ in range(runs):
+        before = ready_count(run_dir)
+        try:
+            os.unlink(os.path.join(run_dir, "qmp.sock"))
+        except FileNotFoundError:
+            pass
+        t0 = time.monotonic()
+        qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                qmp(os.path.join(run_dir, "qmp.sock"), "cont"); break
+            except OSError:
+                time.sleep(0.02)
+        qmp_t.append(time.monotonic() - t0)
+        wait_ready(run_dir, before)
+        ready_t.append(time.monotonic() - t0)
+        qmp(os.path.join(run_dir, "qmp.sock"), "quit")
+        qemu.wait(timeout=30)
+    return qmp_t, ready_t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--accel", default="tcg")
+    ap.add_argument("--firmware", default="uefi")
+    ap.add_argument("--runtimes", default="process,docker", help="comma-separated: process, docker")
+    args = ap.parse_args()
+    fastvm = os.path.join(ROOT, "target/release/fastvm")
+    vmrunner = os.path.join(ROOT, "target/release/vmrunner")
+    for b in (fastvm, vmrunner, ISO):
+        if not os.path.exists(b):
+            sys.exit(f"missing {b}: run cargo build --release and scripts/test.sh first")
+
+    results = {}
+    for runtime in args.runtimes.split(","):
+        results.update(bench_runtime(runtime, fastvm, vmrunner, args))
     print(f"VM start benchmark ({args.runs} runs each, accel={args.accel}, firmware={args.firmware}, medians)")
-    print(f"{'':24}{'Fast VM API':>14}{'raw QEMU':>12}{'ratio':>8}")
-    for label, a, r in (("start -> QMP running", api_qmp, raw_qmp), ("start -> guest READY", api_ready, raw_ready)):
-        print(f"{label:24}{median(a):13.3f}s{median(r):11.3f}s{median(a) / median(r):8.2f}")
+    names = [n for n in ("raw QEMU", "process", "docker") if n in results]
+    print(f"{'':24}" + "".join(f"{n:>12}" for n in names) + "".join(f"{n + '/raw':>14}" for n in names[1:]))
+    for i, label in enumerate(("start -> QMP running", "start -> guest READY")):
+        raw = median(results["raw QEMU"][i])
+        row = f"{label:24}" + "".join(f"{median(results[n][i]):11.3f}s" for n in names)
+        row += "".join(f"{median(results[n][i]) / raw:14.2f}" for n in names[1:])
+        print(row)
 
 
 if __name__ == "__main__":

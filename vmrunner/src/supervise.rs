@@ -136,7 +136,7 @@ fn resume(cfg: &RunConfig, qemu: &mut Child) -> Result<()> {
         }
         match UnixStream::connect(&sock) {
             Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(format!("QMP socket {} did not answer: {e}", sock.display())),
         }
     };

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, Mount, MountType, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use vmrunner::argv::Accel;
@@ -308,6 +308,32 @@ impl Runtime for DockerRuntime {
             Err(e) if !is_not_found(&e) => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    fn watch(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let filters = HashMap::from([
+                ("type", vec!["container".to_string()]),
+                ("label", vec![format!("{LABEL_MANAGED}=true")]),
+                ("event", vec!["die".to_string(), "destroy".to_string(), "start".to_string()]),
+            ]);
+            loop {
+                let opts = EventsOptionsBuilder::new().filters(&filters).build();
+                let mut events = docker.events(Some(opts));
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "Docker event stream ended");
+                            break;
+                        }
+                    }
+                }
+                // The engine restarted or the stream broke: polling covers the gap; subscribe again.
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
     }
 
     async fn exit_detail(&self, vm_id: &str) -> Option<String> {

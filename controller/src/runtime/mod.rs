@@ -52,6 +52,9 @@ pub trait Runtime: Send + Sync {
     async fn remove(&self, _vm_id: &str) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Starts watching the runtime's own events (a container dying), waking `wake` on each, so the
+    /// reconcile loop reacts at once rather than at its next tick.
+    fn watch(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
     /// The runtime's own account of how the last run ended (exit code, last log lines), if any.
     async fn exit_detail(&self, _vm_id: &str) -> Option<String> {
         None
@@ -134,7 +137,8 @@ where
         if Instant::now() > deadline {
             bail!("the VM did not start within {} s", START_TIMEOUT.as_secs());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Start-up latency is what operators feel: poll finely (a stat per tick costs nothing).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

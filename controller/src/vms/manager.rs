@@ -35,6 +35,8 @@ pub struct VmManager {
     pub qemu_img: PathBuf,
     pub swtpm: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Woken by runtime events so that reconciliation happens at once.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 pub fn accel_name(a: Accel) -> &'static str {
@@ -81,6 +83,7 @@ impl VmManager {
             qemu_img,
             swtpm,
             locks: Mutex::new(HashMap::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -102,6 +105,13 @@ impl VmManager {
 
     fn forget_lock(&self, id: &str) {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Subscribes to every runtime's events (call once, inside the async runtime).
+    pub fn watch_runtimes(&self) {
+        for rt in self.runtimes.values() {
+            rt.watch(self.wake.clone());
+        }
     }
 
     /// The runtime that runs `vm`.
