@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Query, Request, 
 use axum::http::Method;
 use axum::http::request::Parts;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use rusqlite::{Connection, params_from_iter};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -88,10 +88,31 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let client_ip =
         req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
 
-    let response = next.run(req).await;
+    // A mutation runs to completion in its own task, audit record included, even if the client goes
+    // away halfway: half a delete (row gone, disks left) or an unrecorded change is worse than a
+    // response nobody reads.
+    let task = tokio::spawn(async move {
+        let response = next.run(req).await;
+        record(&state, &audit, fallback_action, client_ip, response.status().as_u16()).await;
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            crate::error::ApiError::Internal(anyhow::anyhow!("request task failed")).into_response()
+        }
+    }
+}
 
+async fn record(
+    state: &AppState,
+    audit: &Audit,
+    fallback_action: String,
+    client_ip: Option<String>,
+    status: u16,
+) {
     let note = std::mem::take(&mut *audit.0.lock().unwrap_or_else(|p| p.into_inner()));
-    let status = response.status().as_u16();
     let entry = NewEntry {
         username: note.user,
         action: note.action.unwrap_or(fallback_action),
@@ -104,7 +125,6 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     if let Err(e) = state.store.call(move |c| insert(c, &entry)).await {
         tracing::error!(error = ?e, "could not write audit record");
     }
-    response
 }
 
 pub struct NewEntry {

@@ -78,3 +78,19 @@ async fn the_limit_lifts_when_the_window_passes() -> TestResult {
     assert_eq!(s.login("admin", "admin").await.status(), StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_cannot_slip_past_the_limit() -> TestResult {
+    let s = TestServer::start_with(|c| {
+        c.login_rate_limit = RateLimit::Failures { max: 5, window: Duration::from_secs(60) };
+    })
+    .await;
+    let client = client_from(Ipv4Addr::new(127, 0, 0, 1))?;
+    let attempts: Vec<_> = (0..20).map(|_| attempt(&s, &client, "admin", "wrong")).collect();
+    let statuses: Vec<StatusCode> =
+        futures::future::join_all(attempts).await.iter().map(|r| r.status()).collect();
+    let unauthorized = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((unauthorized, limited), (5, 15), "{statuses:?}");
+    Ok(())
+}

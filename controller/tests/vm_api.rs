@@ -191,6 +191,22 @@ async fn users_see_only_their_own_vms() -> TestResult {
     let (status, _) =
         s.call(Method::PUT, &format!("/api/vms/{id}"), Some(&alice), Some(json!({"owner": "bob"}))).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "only admins hand VMs over");
+
+    // Host networks are for admins; a user may keep (not change) the ones an admin gave their VM.
+    let bridged =
+        json!({"networks": [{"type": "bridge", "bridge_name": "br0", "mac_address": "52:54:00:00:01:01"}]});
+    let (status, body) =
+        s.call(Method::PUT, &format!("/api/vms/{id}"), Some(&alice), Some(bridged.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.starts_with("networks[0].type")));
+    let mut new_vm = json!({"name": "x", "memory": 256, "cpus": 1, "disk_size": 1});
+    new_vm["networks"] = bridged["networks"].clone();
+    assert_eq!(s.post("/api/vms", &alice, new_vm).await.0, StatusCode::FORBIDDEN);
+    let (status, _) = s.call(Method::PUT, &format!("/api/vms/{id}"), Some(&admin), Some(bridged)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) =
+        s.call(Method::PUT, &format!("/api/vms/{id}"), Some(&alice), Some(json!({"memory": 300}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = s.call(Method::DELETE, "/api/auth/users/alice", Some(&admin), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "a user who owns VMs is not deleted");
     let (status, body) =

@@ -107,6 +107,11 @@ impl HostNics {
         Ok(NicBackend::Fd { fd })
     }
 
+    /// Closes our copies of the macvtap descriptors once QEMU has inherited them.
+    pub fn close_files(&mut self) {
+        self._files.clear();
+    }
+
     pub fn teardown(&mut self) {
         for link in self.links.drain(..) {
             let _ = ip(&["link", "del", &link]);

@@ -30,15 +30,21 @@ pub fn ovmf_vars(cfg: &RunConfig) -> Result<()> {
         return Ok(());
     }
     let vars = cfg.launch.ovmf_vars_path();
-    if vars.exists() {
-        return Ok(());
-    }
     let template = if spec.secure_boot_enabled() {
         &cfg.launch.ovmf.secboot_vars_template
     } else {
         &cfg.launch.ovmf.vars_template
     };
-    copy_into_place(template, &vars)
+    // Which template the store came from: Secure Boot turned on (or off) later needs the store with
+    // (or without) the Microsoft keys, so it is made afresh then. Otherwise the VM keeps its variables.
+    let marker = vars.with_extension("template");
+    let recorded = std::fs::read_to_string(&marker).ok();
+    let wanted = template.display().to_string();
+    if vars.exists() && recorded.as_deref().is_none_or(|r| r == wanted) {
+        return Ok(());
+    }
+    copy_into_place(template, &vars)?;
+    std::fs::write(&marker, wanted).map_err(|e| format!("writing {}: {e}", marker.display()))
 }
 
 /// The boot disk, created empty (thin qcow2) when missing.

@@ -75,8 +75,15 @@ fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
     prepare::dirs(cfg)?;
     prepare::ovmf_vars(cfg)?;
     prepare::disk(cfg)?;
-    let mut nics = HostNics::prepare(cfg)?;
+    // swtpm first: it must not inherit the macvtap descriptors that QEMU is meant to get.
     let mut swtpm = prepare::swtpm(cfg)?;
+    let mut nics = match HostNics::prepare(cfg) {
+        Ok(n) => n,
+        Err(e) => {
+            stop_child(swtpm.take());
+            return Err(e);
+        }
+    };
     let mut launch = cfg.launch.clone();
     launch.nics = nics.backends.clone();
     let args = qemu_args(&cfg.spec, &launch);
@@ -88,29 +95,32 @@ fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
         .open(&log_path)
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
-    let mut qemu = Command::new(&cfg.qemu)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", cfg.qemu.display()))?;
+    let mut qemu =
+        match Command::new(&cfg.qemu).args(&args).stdin(Stdio::null()).stdout(log).stderr(log_err).spawn() {
+            Ok(q) => q,
+            Err(e) => {
+                stop_child(swtpm.take());
+                return Err(format!("starting {}: {e}", cfg.qemu.display()));
+            }
+        };
     // The macvtap descriptors now belong to QEMU; our copies would keep the queues open after it exits.
-    drop(std::mem::take(&mut nics.backends));
+    nics.close_files();
 
     if let Err(e) = resume(cfg, &mut qemu) {
         let _ = qemu.kill();
         let _ = qemu.wait();
-        if let Some(mut s) = swtpm.take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
+        stop_child(swtpm.take());
         let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(format!("{e}; QEMU said: {}", tail.join(" | ")));
     }
-    std::fs::write(cfg.launch.run_dir.join(READY_FILE), b"").map_err(|e| e.to_string())?;
+    if let Err(e) = std::fs::write(cfg.launch.run_dir.join(READY_FILE), b"") {
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        stop_child(swtpm.take());
+        return Err(format!("writing the ready marker: {e}"));
+    }
 
     let status = qemu.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
     if let Some(mut s) = swtpm {
@@ -124,6 +134,13 @@ fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
     }
     nics.teardown();
     Ok(status)
+}
+
+fn stop_child(child: Option<Child>) {
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 /// Waits for QMP, negotiates, and resumes the guest (QEMU starts with `-S`).

@@ -109,7 +109,9 @@ async fn login(
         format!("ip:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
         format!("user:{}", req.username.to_lowercase()),
     ];
-    if let Some(retry_after_secs) = state.login_limiter.blocked(&limiter_keys) {
+    // Counted as a failure before the password is checked, so parallel guesses cannot all slip
+    // through before the first failure is recorded; forgiven below if it succeeds.
+    if let Err(retry_after_secs) = state.login_limiter.begin_attempt(&limiter_keys) {
         return Err(ApiError::TooManyRequests {
             detail: format!("Too many failed login attempts; try again in {retry_after_secs} s"),
             retry_after_secs,
@@ -128,9 +130,9 @@ async fn login(
         None => (None, false),
     };
     if !passwords::verify(req.password, hash, state.settings.bcrypt_cost).await? {
-        state.login_limiter.record_failure(&limiter_keys);
         return Err(ApiError::Unauthorized("Incorrect username or password".into()));
     }
+    state.login_limiter.forgive(&limiter_keys);
     let now = now_unix();
     let (token, claims) = state.tokens.issue(&req.username, is_admin, now)?;
     let username = req.username.clone();

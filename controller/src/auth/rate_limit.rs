@@ -20,28 +20,26 @@ impl LoginLimiter {
         LoginLimiter { setting, failures: Mutex::new(HashMap::new()) }
     }
 
-    /// `Some(seconds to wait)` when any of `keys` has used up its failures.
-    pub fn blocked(&self, keys: &[String]) -> Option<u64> {
-        let RateLimit::Failures { max, window } = self.setting else { return None };
+    /// Checks and counts one attempt atomically: `Err(seconds to wait)` when any key has used up its
+    /// failures, otherwise the attempt is recorded as a failure until `forgive` takes it back.
+    pub fn begin_attempt(&self, keys: &[String]) -> Result<(), u64> {
+        let RateLimit::Failures { max, window } = self.setting else { return Ok(()) };
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        keys.iter()
-            .filter_map(|key| {
-                let q = map.get_mut(key)?;
+        let mut wait = None;
+        for key in keys {
+            if let Some(q) = map.get_mut(key) {
                 prune(q, now, window);
-                (q.len() >= max as usize).then(|| {
+                if q.len() >= max as usize {
                     let oldest = q.front().copied().unwrap_or(now);
-                    window.saturating_sub(now.duration_since(oldest)).as_secs_f64().ceil() as u64
-                })
-            })
-            .max()
-            .map(|secs| secs.max(1))
-    }
-
-    pub fn record_failure(&self, keys: &[String]) {
-        let RateLimit::Failures { window, .. } = self.setting else { return };
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let secs = window.saturating_sub(now.duration_since(oldest)).as_secs_f64().ceil() as u64;
+                    wait = Some(wait.unwrap_or(0).max(secs.max(1)));
+                }
+            }
+        }
+        if let Some(secs) = wait {
+            return Err(secs);
+        }
         if map.len() > SWEEP_THRESHOLD {
             map.retain(|_, q| {
                 prune(q, now, window);
@@ -49,9 +47,19 @@ impl LoginLimiter {
             });
         }
         for key in keys {
-            let q = map.entry(key.clone()).or_default();
-            prune(q, now, window);
-            q.push_back(now);
+            map.entry(key.clone()).or_default().push_back(now);
+        }
+        Ok(())
+    }
+
+    /// Takes back the most recent failure of each key: an attempt is counted as failed before the
+    /// password is checked (so parallel guesses cannot all slip past the limit), and forgiven if it succeeds.
+    pub fn forgive(&self, keys: &[String]) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if let Some(q) = map.get_mut(key) {
+                q.pop_back();
+            }
         }
     }
 }
@@ -71,24 +79,33 @@ mod tests {
         let limiter = LoginLimiter::new(RateLimit::Failures { max: 3, window: Duration::from_secs(60) });
         let keys = vec!["ip:1".to_string(), "user:bob".to_string()];
         for _ in 0..3 {
-            assert_eq!(limiter.blocked(&keys), None);
-            limiter.record_failure(&keys);
+            assert_eq!(limiter.begin_attempt(&keys), Ok(()));
         }
-        let wait = limiter.blocked(&keys).unwrap_or(0);
+        let wait = limiter.begin_attempt(&keys).err().unwrap_or(0);
         assert!((1..=60).contains(&wait), "wait {wait}");
         // Another address is blocked too when it targets the same user.
-        assert!(limiter.blocked(&["ip:2".into(), "user:bob".into()]).is_some());
-        assert!(limiter.blocked(&["ip:2".into(), "user:eve".into()]).is_none());
+        assert!(limiter.begin_attempt(&["ip:2".into(), "user:bob".into()]).is_err());
+        assert!(limiter.begin_attempt(&["ip:2".into(), "user:eve".into()]).is_ok());
+    }
+
+    #[test]
+    fn successes_are_forgiven() {
+        let limiter = LoginLimiter::new(RateLimit::Failures { max: 2, window: Duration::from_secs(60) });
+        let keys = vec!["ip:1".to_string()];
+        for _ in 0..10 {
+            assert_eq!(limiter.begin_attempt(&keys), Ok(()));
+            limiter.forgive(&keys);
+        }
     }
 
     #[test]
     fn window_expiry_unblocks() {
         let limiter = LoginLimiter::new(RateLimit::Failures { max: 1, window: Duration::from_millis(50) });
         let keys = vec!["ip:1".to_string()];
-        limiter.record_failure(&keys);
-        assert!(limiter.blocked(&keys).is_some());
+        assert!(limiter.begin_attempt(&keys).is_ok());
+        assert!(limiter.begin_attempt(&keys).is_err());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(limiter.blocked(&keys).is_none());
+        assert!(limiter.begin_attempt(&keys).is_ok());
     }
 
     #[test]
@@ -96,8 +113,7 @@ mod tests {
         let limiter = LoginLimiter::new(RateLimit::Off);
         let keys = vec!["ip:1".to_string()];
         for _ in 0..100 {
-            limiter.record_failure(&keys);
+            assert!(limiter.begin_attempt(&keys).is_ok());
         }
-        assert!(limiter.blocked(&keys).is_none());
     }
 }

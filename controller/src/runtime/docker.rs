@@ -107,6 +107,15 @@ fn device(path: &str) -> DeviceMapping {
     }
 }
 
+/// The character-device major number the kernel gave macvtap, from /proc/devices.
+fn macvtap_major() -> Option<u32> {
+    let devices = std::fs::read_to_string("/proc/devices").ok()?;
+    devices.lines().find_map(|l| {
+        let (num, name) = l.trim().split_once(' ')?;
+        (name.trim() == "macvtap").then(|| num.parse().ok()).flatten()
+    })
+}
+
 /// The container for one run: a pure function of the run configuration, so it can be checked
 /// without an engine.
 pub fn container_body(
@@ -134,9 +143,10 @@ pub fn container_body(
         }
         cap_add.push("NET_ADMIN".to_string());
         if macvtap {
-            // A macvtap's character device gets a dynamic major number; vmrunner creates and opens it
-            // inside the container, which the device cgroup must allow.
-            cgroup_rules.push("c *:* rwm".to_string());
+            // vmrunner creates and opens the macvtap's character device inside the container; the
+            // device cgroup must allow that major number (dynamic, so read from the host), and only it.
+            let major = macvtap_major().map(|m| m.to_string()).unwrap_or_else(|| "*".into());
+            cgroup_rules.push(format!("c {major}:* rwm"));
         }
     }
     let mut exposed = Vec::new();
@@ -251,7 +261,7 @@ impl Runtime for DockerRuntime {
             .start_container(&name, None)
             .await
             .with_context(|| format!("starting container {name}"))?;
-        wait_ready(&config.launch.run_dir, || async {
+        let ready = wait_ready(&config.launch.run_dir, || async {
             match self.state(&vm_id).await? {
                 Some((true, ..)) => Ok(None),
                 Some((false, _, code, _)) => {
@@ -265,7 +275,12 @@ impl Runtime for DockerRuntime {
                 None => Ok(Some(format!("container {name} disappeared"))),
             }
         })
-        .await?;
+        .await;
+        if let Err(e) = ready {
+            // Kept (stopped) for its logs; never left running after a failed start.
+            let _ = self.kill(&vm_id).await;
+            return Err(e);
+        }
         let pid = self.state(&vm_id).await?.and_then(|s| s.1).map(|p| p as u32);
         Ok(Actual { vm_id, running: true, pid })
     }

@@ -16,7 +16,8 @@ use vmrunner::run_config::{CONFIG_FILE, EXIT_FILE, ExitRecord, READY_FILE, RunCo
 use crate::qmp;
 
 const QUIT_GRACE: Duration = Duration::from_secs(5);
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longer than vmrunner's own worst case (swtpm 10 s, QMP 30 s), so vmrunner reports its failures itself.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
@@ -137,7 +138,7 @@ where
         if Instant::now() > deadline {
             bail!("the VM did not start within {} s", START_TIMEOUT.as_secs());
         }
-        // Start-up latency is what operators feel: poll finely (a stat per tick costs nothing).
+        // Start-up latency is what operators feel, so poll finely.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -164,9 +165,22 @@ impl RunDirs {
     }
 }
 
+/// At most this much of a log's end is read, however long the log has grown.
+const TAIL_BYTES: u64 = 1 << 20;
+
 /// The last `lines` lines of a text file (empty when it does not exist).
 pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    // The first line of a window that starts mid-file is partial.
+    let skip = usize::from(start > 0).max(all.len().saturating_sub(lines));
+    all[skip.min(all.len())..].join("\n")
 }

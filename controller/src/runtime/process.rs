@@ -100,7 +100,12 @@ impl Runtime for ProcessRuntime {
         })
         .await;
         if let Err(e) = ready {
-            let _ = child.start_kill();
+            // vmrunner leads its own session and process group: end QEMU and swtpm with it, so a
+            // start that failed never leaves a guest running behind the operator's back.
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
             return Err(e);
         }
         // Reap vmrunner when it ends so it does not linger as a zombie while the controller runs.

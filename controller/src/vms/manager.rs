@@ -169,7 +169,15 @@ impl VmManager {
         }
     }
 
-    pub async fn create(&self, mut spec: VmSpec, owner: &str) -> ApiResult<VmRecord> {
+    pub async fn create(
+        &self,
+        mut spec: VmSpec,
+        owner: &str,
+        may_use_host_networks: bool,
+    ) -> ApiResult<VmRecord> {
+        if !may_use_host_networks {
+            check_host_networks(&spec, None)?;
+        }
         let id = new_id();
         self.normalize(&mut spec)?;
         self.check_conflicts(&id, &spec).await?;
@@ -192,10 +200,26 @@ impl VmManager {
         Ok(record)
     }
 
-    /// Replaces the spec (and maybe the owner) of a stopped VM.
-    pub async fn update(&self, id: &str, mut spec: VmSpec, owner: Option<String>) -> ApiResult<VmRecord> {
+    /// Applies `changes` (fields of the spec, as JSON) and maybe a new owner to a stopped VM. The
+    /// merge happens under the VM's lock, so concurrent edits never undo each other.
+    pub async fn update(
+        &self,
+        id: &str,
+        changes: serde_json::Map<String, serde_json::Value>,
+        owner: Option<String>,
+        may_use_host_networks: bool,
+    ) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
         let current = self.get(id).await?;
+        let mut merged = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
+        if let serde_json::Value::Object(m) = &mut merged {
+            m.extend(changes);
+        }
+        let mut spec: VmSpec = serde_json::from_value(merged)
+            .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?;
+        if !may_use_host_networks {
+            check_host_networks(&spec, Some(&current.spec))?;
+        }
         if self.rt(&current)?.inspect(id).await?.running {
             return Err(ApiError::Conflict("Stop the VM before changing its configuration".into()));
         }
@@ -361,42 +385,73 @@ impl VmManager {
     /// stopped (with the reason when it ended badly); running QEMUs are (re)adopted.
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let vms = self.store.call(|c| Ok(store::list(c)?)).await?;
-        // Containers (or run directories) of VMs that no longer exist are removed.
-        for rt in self.runtimes.values() {
-            for actual in rt.list().await? {
-                if !vms.iter().any(|vm| vm.id == actual.vm_id) && rt.name() != "process" {
-                    tracing::info!(
-                        vm_id = actual.vm_id,
-                        runtime = rt.name(),
-                        "removing leftovers of a deleted VM"
-                    );
-                    let _ = rt.kill(&actual.vm_id).await;
-                    rt.remove(&actual.vm_id).await?;
-                }
+        // One runtime or one VM failing (Docker down, say) must not stop the others being watched.
+        for rt in self.runtimes.values().filter(|rt| rt.name() != "process") {
+            if let Err(e) = self.remove_leftovers(rt.as_ref(), &vms).await {
+                tracing::warn!(runtime = rt.name(), error = %format!("{e:#}"), "cleaning up leftovers failed");
             }
         }
         for vm in vms {
-            // A VM in the middle of an operation is that operation's business.
-            let Some(_guard) = self.try_lock(&vm.id) else { continue };
-            let Ok(rt) = self.rt(&vm) else { continue };
-            let actual = rt.inspect(&vm.id).await?;
-            let now = now_unix();
-            match (vm.status, actual.running) {
-                (VmStatus::Running, false) => {
-                    let error = self.exit_error(&vm.id, rt.exit_detail(&vm.id).await);
-                    if let Some(e) = &error {
-                        tracing::warn!(vm_id = vm.id, error = e, "VM stopped unexpectedly");
-                    }
-                    let id = vm.id.clone();
-                    self.store.call(move |c| Ok(store::set_stopped(c, &id, error.as_deref(), now)?)).await?;
-                }
-                (VmStatus::Stopped, true) => {
-                    tracing::info!(vm_id = vm.id, "adopting running VM");
-                    let id = vm.id.clone();
-                    self.store.call(move |c| Ok(store::adopt_running(c, &id, now)?)).await?;
-                }
-                _ => {}
+            if let Err(e) = self.reconcile_vm(&vm.id).await {
+                tracing::warn!(vm_id = vm.id, error = %format!("{e:#}"), "reconciling VM failed");
             }
+        }
+        Ok(())
+    }
+
+    /// Removes containers of VMs that no longer exist. The database is asked again after listing: a
+    /// VM's row is written before its container exists, so the container of a VM created since `vms`
+    /// was read is never mistaken for a leftover.
+    async fn remove_leftovers(&self, rt: &dyn Runtime, vms: &[VmRecord]) -> anyhow::Result<()> {
+        for actual in rt.list().await? {
+            let orphan = !vms.iter().any(|vm| vm.id == actual.vm_id)
+                && matches!(self.get(&actual.vm_id).await, Err(ApiError::NotFound(_)));
+            if orphan {
+                tracing::info!(
+                    vm_id = actual.vm_id,
+                    runtime = rt.name(),
+                    "removing leftovers of a deleted VM"
+                );
+                let _ = rt.kill(&actual.vm_id).await;
+                rt.remove(&actual.vm_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_vm(&self, id: &str) -> anyhow::Result<()> {
+        // A VM in the middle of an operation is that operation's business.
+        let Some(_guard) = self.try_lock(id) else { return Ok(()) };
+        // Read again under the lock: an operation may have finished since the list was read.
+        let vm = match self.get(id).await {
+            Ok(vm) => vm,
+            Err(ApiError::NotFound(_)) => return Ok(()),
+            Err(e) => anyhow::bail!("{e}"),
+        };
+        let rt = match self.rt(&vm) {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::debug!(vm_id = id, error = %e, "runtime not loaded; VM not reconciled");
+                return Ok(());
+            }
+        };
+        let actual = rt.inspect(id).await?;
+        let now = now_unix();
+        match (vm.status, actual.running) {
+            (VmStatus::Running, false) => {
+                let error = self.exit_error(id, rt.exit_detail(id).await);
+                if let Some(e) = &error {
+                    tracing::warn!(vm_id = id, error = e, "VM stopped unexpectedly");
+                }
+                let id = id.to_string();
+                self.store.call(move |c| Ok(store::set_stopped(c, &id, error.as_deref(), now)?)).await?;
+            }
+            (VmStatus::Stopped, true) => {
+                tracing::info!(vm_id = id, "adopting running VM");
+                let id = id.to_string();
+                self.store.call(move |c| Ok(store::adopt_running(c, &id, now)?)).await?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -420,6 +475,21 @@ impl VmManager {
             }
         }
     }
+}
+
+/// Bridge and macvtap NICs put a VM on the host's own networks, and only admins may do that (or keep
+/// the ones an admin set up: `current` is the spec before an edit).
+fn check_host_networks(spec: &VmSpec, current: Option<&VmSpec>) -> ApiResult<()> {
+    for (i, net) in spec.networks.iter().enumerate() {
+        let on_host = matches!(net.kind, vmrunner::NetworkType::Bridge | vmrunner::NetworkType::Macvtap);
+        let unchanged = current.is_some_and(|c| c.networks.iter().any(|n| n == net));
+        if on_host && !unchanged {
+            return Err(ApiError::Forbidden(format!(
+                "networks[{i}].type: only admins can attach VMs to host networks (bridge, macvtap)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {

@@ -65,6 +65,7 @@ async fn list_vms(State(state): State<AppState>, AuthUser(user): AuthUser) -> Ap
     responses(
         (status = 201, body = VmActionResponse),
         (status = 400, description = "A field is out of range or not allowed; the message names it", body = ErrorBody),
+        (status = 403, description = "Bridge and macvtap NICs are for admins", body = ErrorBody),
         (status = 409, description = "A MAC or host port is used by another VM", body = ErrorBody),
         (status = 422, description = "Unknown field or wrong type", body = ErrorBody),
     ))]
@@ -75,7 +76,7 @@ async fn create_vm(
     ApiJson(spec): ApiJson<VmSpec>,
 ) -> ApiResult<(StatusCode, Json<VmActionResponse>)> {
     audit.action("vm.create").details(&spec.name);
-    let vm = state.vms.create(spec, &user.username).await?;
+    let vm = state.vms.create(spec, &user.username, user.is_admin).await?;
     audit.target(&vm.id);
     Ok((StatusCode::CREATED, respond(format!("VM {} created", vm.spec.name), &vm)))
 }
@@ -133,13 +134,7 @@ async fn update_vm(
         }
         Some(_) => return Err(ApiError::Unprocessable("owner: must be a username".into())),
     };
-    let mut merged = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
-    if let Value::Object(m) = &mut merged {
-        m.extend(changes);
-    }
-    let spec: VmSpec = serde_json::from_value(merged)
-        .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?;
-    let vm = state.vms.update(&vm_id, spec, owner).await?;
+    let vm = state.vms.update(&current.id, changes, owner, user.is_admin).await?;
     Ok(respond(format!("VM {} updated", vm.spec.name), &vm))
 }
 

@@ -46,7 +46,7 @@ pub struct VmView {
     pub id: String,
     #[serde(flatten)]
     pub spec: VmSpec,
-    /// `running` or `stopped`, as observed from QEMU.
+    /// `running` or `stopped`: what the runtime last reported (refreshed every 2 s and on runtime events).
     pub status: VmStatus,
     pub owner: String,
     pub uuid: String,
