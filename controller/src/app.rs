@@ -26,7 +26,7 @@ use crate::runtime::{RunDirs, Runtime};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
-use crate::{audit, auth, host, http, system, vms, web};
+use crate::{audit, auth, cloudinit, host, http, isos, system, vms, volumes, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,9 @@ use crate::{audit, auth, host, http, system, vms, web};
         (name = "audit", description = "Audit log (admin only)"),
         (name = "system", description = "Health and host information"),
         (name = "vms", description = "Virtual machines"),
+        (name = "volumes", description = "Standalone volumes, attached to VMs"),
+        (name = "cloudinit", description = "Cloud-init seed ISOs"),
+        (name = "isos", description = "The ISO library"),
     )
 )]
 struct ApiDoc;
@@ -62,6 +65,9 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
         .merge(audit::routes())
         .merge(system::routes())
         .merge(vms::routes())
+        .merge(volumes::routes())
+        .merge(cloudinit::routes())
+        .merge(isos::routes())
         .split_for_parts()
 }
 
@@ -165,6 +171,7 @@ async fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManag
         active,
         run_dirs,
         settings.data_dir.join("vms"),
+        settings.data_dir.join("volumes"),
         accel,
         settings.iso_roots(),
         settings.port_forward_bind.clone(),

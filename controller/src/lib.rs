@@ -3,14 +3,17 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod cloudinit;
 pub mod config;
 pub mod error;
 pub mod host;
 pub mod http;
+pub mod isos;
 pub mod qmp;
 pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod system;
 pub mod vms;
+pub mod volumes;
 pub mod web;

@@ -61,43 +61,9 @@ pub struct Health {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
-        .routes(routes!(list_isos))
         .routes(routes!(list_bridges))
         .routes(routes!(list_interfaces))
         .routes(routes!(system_user))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct IsoInfo {
-    pub name: String,
-    /// Absolute path, as `iso_path` takes it.
-    pub path: String,
-    pub size: u64,
-}
-
-/// ISO images in the allowed directories (the data dir's `images/` and `cloudinit/`, and `FASTVM_ISO_DIRS`).
-#[utoipa::path(get, path = "/api/isos", tag = "system", security(("bearer" = [])),
-    responses((status = 200, body = Vec<IsoInfo>), (status = 401, body = ErrorBody)))]
-async fn list_isos(State(state): State<AppState>, _user: AuthUser) -> Json<Vec<IsoInfo>> {
-    let mut isos = Vec::new();
-    for root in state.settings.iso_roots() {
-        let Ok(entries) = std::fs::read_dir(&root) else { continue };
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            let is_iso = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("iso"));
-            // metadata() follows symlinks: a link is listed only if it points at a regular file.
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
-            if is_iso && meta.is_file() {
-                isos.push(IsoInfo {
-                    name: entry.file_name().to_string_lossy().into_owned(),
-                    path: path.display().to_string(),
-                    size: meta.len(),
-                });
-            }
-        }
-    }
-    isos.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));
-    Json(isos)
 }
 
 /// Linux bridges on this host (for `bridge` networks).

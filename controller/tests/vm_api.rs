@@ -255,3 +255,80 @@ fn nix_uid() -> u32 {
         })
         .unwrap_or(u32::MAX)
 }
+
+#[tokio::test]
+async fn iso_library_uploads_and_deletes_safely() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let upload = |name: &'static str, bytes: Vec<u8>| {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(name);
+        let form = reqwest::multipart::Form::new().part("file", part);
+        s.client.post(s.url("/api/isos")).bearer_auth(&admin).multipart(form).send()
+    };
+    let r = upload("tiny.iso", vec![7u8; 100_000]).await?;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await?;
+    assert_eq!(body["iso"]["size"], 100_000);
+    let path = body["iso"]["path"].as_str().ok_or("path")?.to_string();
+    assert_eq!(std::fs::read(&path)?.len(), 100_000);
+    assert_eq!(upload("tiny.iso", vec![1u8; 10]).await?.status(), StatusCode::CONFLICT);
+    assert_eq!(std::fs::read(&path)?[0], 7, "the existing ISO was not overwritten");
+    for bad in ["../escape.iso", "sub/dir.iso", "notes.txt", ".hidden.iso"] {
+        assert_eq!(upload(bad, vec![0u8; 10]).await?.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let images = s.data_dir.path().join("images");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&images)?.filter_map(Result::ok).map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only tiny.iso: {leftovers:?}");
+
+    let (_, vm) = s
+        .post(
+            "/api/vms",
+            &admin,
+            json!({"name": "uses iso", "memory": 256, "cpus": 1, "disk_size": 1, "iso_path": path}),
+        )
+        .await;
+    let vm_id = vm["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let (status, body) = s.call(Method::DELETE, "/api/isos/tiny.iso", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    s.call(Method::DELETE, &format!("/api/vms/{vm_id}"), Some(&admin), None).await;
+    let (status, _) = s.call(Method::DELETE, "/api/isos/tiny.iso", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!std::path::Path::new(&path).exists());
+    let (status, _) = s.call(Method::DELETE, "/api/isos/tiny.iso", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+#[tokio::test]
+async fn volumes_validate_and_follow_their_owner() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    for (body, field) in [
+        (json!({"name": "v", "size_gb": 0}), "size_gb"),
+        (json!({"name": "v", "size_gb": 2000}), "size_gb"),
+        (json!({"name": "v;rm", "size_gb": 1}), "name"),
+    ] {
+        let (status, resp) = s.post("/api/volumes", &admin, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+        assert!(resp["detail"].as_str().is_some_and(|d| d.starts_with(field)));
+    }
+    let (status, _) =
+        s.post("/api/volumes", &admin, json!({"name": "v", "size_gb": 1, "format": "vmdk"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(dir_is_empty(&s.data_dir.path().join("volumes")));
+
+    s.create_user(&admin, "carl", "carl-password", false).await;
+    let carl = s.token("carl", "carl-password").await;
+    let (_, vol) = s.post("/api/volumes", &admin, json!({"name": "admin disk", "size_gb": 1})).await;
+    let vol_id = vol["volume"]["id"].as_str().ok_or("id")?.to_string();
+    assert_eq!(s.get("/api/volumes", &carl).await.1.as_array().map(Vec::len), Some(0));
+    assert_eq!(s.get(&format!("/api/volumes/{vol_id}"), &carl).await.0, StatusCode::NOT_FOUND);
+    let (_, vm) =
+        s.post("/api/vms", &carl, json!({"name": "carl vm", "memory": 256, "cpus": 1, "disk_size": 1})).await;
+    let vm_id = vm["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let (status, _) =
+        s.call(Method::POST, &format!("/api/vms/{vm_id}/volumes/{vol_id}"), Some(&carl), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "carl cannot attach a volume he cannot see");
+    Ok(())
+}

@@ -50,6 +50,60 @@ pub enum NicBackend {
     Fd { fd: i32 },
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+/// A standalone volume attached to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeDisk {
+    pub id: String,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    /// Which PCIe root port (q35) it sits on, 1-based; hot-plugs take the free ones.
+    pub slot: u32,
+}
+
+/// PCIe root ports a q35 VM gets, so volumes can be attached and hot-plugged (q35's root bus takes no
+/// hot-plugged devices).
+pub const ROOT_PORTS: u32 = 8;
+
+/// QEMU ids of a volume: (block node, device).
+pub fn volume_ids(volume_id: &str) -> (String, String) {
+    (format!("vol-{volume_id}"), format!("voldev-{volume_id}"))
+}
+
+/// The device a volume is plugged in as (cold or hot: the same, so either can be unplugged).
+pub fn volume_device(q35: bool, volume: &VolumeDisk) -> Value {
+    let (node, dev) = volume_ids(&volume.id);
+    let mut d = json!({"driver": "virtio-blk-pci", "drive": node, "id": dev});
+    if q35 {
+        d["bus"] = json!(format!("rp{}", volume.slot));
+    }
+    d
+}
+
+/// The block node of a volume, for `-blockdev` or QMP `blockdev-add`.
+pub fn volume_blockdev(volume: &VolumeDisk) -> Value {
+    let (node, _) = volume_ids(&volume.id);
+    json!({"driver": volume.format.as_str(), "node-name": node,
+           "file": {"driver": "file", "filename": volume.path}})
+}
+
 /// Everything about where and how a VM runs on this host, besides the spec itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
@@ -68,6 +122,12 @@ pub struct Launch {
     /// Canonical ISO paths (validated by the controller).
     pub iso: Option<PathBuf>,
     pub secondary_iso: Option<PathBuf>,
+    /// Attached standalone volumes.
+    #[serde(default)]
+    pub volumes: Vec<VolumeDisk>,
+    /// Where standalone volumes live (a container mounts it whole, so volumes can be hot-plugged).
+    #[serde(default)]
+    pub volumes_dir: Option<PathBuf>,
 }
 
 impl Launch {
@@ -86,7 +146,7 @@ impl Launch {
 }
 
 /// `pc` (i440fx) for BIOS guests, `q35` for UEFI (Secure Boot needs q35 + SMM).
-fn is_q35(spec: &VmSpec) -> bool {
+pub fn is_q35(spec: &VmSpec) -> bool {
     spec.firmware == Firmware::Uefi
 }
 
@@ -192,6 +252,31 @@ pub fn disks(spec: &VmSpec, l: &Launch) -> Vec<String> {
         ),
     ));
     a
+}
+
+pub fn root_ports(spec: &VmSpec, _l: &Launch) -> Vec<String> {
+    if !is_q35(spec) {
+        return Vec::new();
+    }
+    (1..=ROOT_PORTS)
+        .flat_map(|n| {
+            json_arg(
+                "-device",
+                json!({"driver": "pcie-root-port", "id": format!("rp{n}"), "bus": "pcie.0", "chassis": n}),
+            )
+        })
+        .collect()
+}
+
+pub fn volumes(spec: &VmSpec, l: &Launch) -> Vec<String> {
+    l.volumes
+        .iter()
+        .flat_map(|v| {
+            let mut a = json_arg("-blockdev", volume_blockdev(v));
+            a.extend(json_arg("-device", volume_device(is_q35(spec), v)));
+            a
+        })
+        .collect()
 }
 
 pub fn cdroms(spec: &VmSpec, l: &Launch) -> Vec<String> {
@@ -379,7 +464,9 @@ pub const PIECES: &[(&str, Piece)] = &[
     ("cpu", cpu),
     ("memory", memory),
     ("firmware", firmware),
+    ("root_ports", root_ports),
     ("disks", disks),
+    ("volumes", volumes),
     ("cdroms", cdroms),
     ("nics", nics),
     ("display", display),

@@ -18,6 +18,8 @@ fn launch(accel: Accel, nics: Vec<NicBackend>) -> Launch {
         port_forward_bind: "127.0.0.1".into(),
         iso: None,
         secondary_iso: None,
+        volumes: Vec::new(),
+        volumes_dir: None,
     }
 }
 
@@ -147,6 +149,29 @@ fn every_network_type_and_model() {
         NicBackend::User,
     ];
     check("networks", s, launch(Accel::Kvm, nics));
+}
+
+#[test]
+fn attached_volumes_on_q35_and_pc() {
+    use vmrunner::argv::{DiskFormat, VolumeDisk};
+    for firmware in ["uefi", "bios"] {
+        let mut l = launch(Accel::Kvm, vec![NicBackend::User]);
+        l.volumes = vec![
+            VolumeDisk {
+                id: "aaaa11112222".into(),
+                path: "/var/lib/fastvm/volumes/aaaa11112222.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                slot: 1,
+            },
+            VolumeDisk {
+                id: "bbbb33334444".into(),
+                path: "/var/lib/fastvm/volumes/bbbb33334444.raw".into(),
+                format: DiskFormat::Raw,
+                slot: 2,
+            },
+        ];
+        check(&format!("volumes_{firmware}"), spec(&format!(r#"{{"firmware": "{firmware}"}}"#)), l);
+    }
 }
 
 #[test]

@@ -286,10 +286,11 @@ async fn delete_user(
             if user.is_admin && users::count_admins(&tx)? <= 1 {
                 return Ok(Err(ApiError::BadRequest("You cannot delete the last admin".into())));
             }
-            let owned = crate::vms::store::count_owned_by(&tx, &target)?;
-            if owned > 0 {
+            let vms = crate::vms::store::count_owned_by(&tx, &target)?;
+            let volumes = crate::volumes::store::count_owned_by(&tx, &target)?;
+            if vms + volumes > 0 {
                 return Ok(Err(ApiError::Conflict(format!(
-                    "User {target} owns {owned} VM(s): give them to another user first"
+                    "User {target} owns {vms} VM(s) and {volumes} volume(s): give them to another user first"
                 ))));
             }
             users::delete(&tx, &target)?;

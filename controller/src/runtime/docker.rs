@@ -130,6 +130,9 @@ pub fn container_body(
     for iso in [&launch.iso, &launch.secondary_iso].into_iter().flatten() {
         mounts.push(bind(iso, true));
     }
+    if let Some(dir) = &launch.volumes_dir {
+        mounts.push(bind(dir, false));
+    }
     let mut devices = Vec::new();
     if launch.accel == Accel::Kvm {
         devices.push(device("/dev/kvm"));
@@ -381,6 +384,8 @@ mod tests {
                 port_forward_bind: "127.0.0.1".into(),
                 iso: Some("/data/images/a.iso".into()),
                 secondary_iso: None,
+                volumes: vec![],
+                volumes_dir: None,
             },
             qemu: "/usr/bin/qemu-system-x86_64".into(),
             qemu_img: "/usr/bin/qemu-img".into(),

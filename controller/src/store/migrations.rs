@@ -68,6 +68,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (host_port, protocol)
     );
     "#,
+    // 3: standalone volumes. `slot` is the PCIe root port (q35) an attached volume sits on.
+    r#"
+    CREATE TABLE volumes (
+        id          TEXT PRIMARY KEY NOT NULL,
+        name        TEXT NOT NULL,
+        owner       TEXT NOT NULL REFERENCES users(username) ON DELETE RESTRICT,
+        size_gb     INTEGER NOT NULL,
+        format      TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        attached_to TEXT REFERENCES vms(id) ON DELETE SET NULL,
+        slot        INTEGER,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX volumes_by_vm ON volumes(attached_to);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

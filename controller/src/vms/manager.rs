@@ -28,6 +28,7 @@ pub struct VmManager {
     pub runtime: Arc<dyn Runtime>,
     pub run_dirs: RunDirs,
     pub vms_dir: PathBuf,
+    pub volumes_dir: PathBuf,
     pub accel: Accel,
     pub iso_roots: Vec<PathBuf>,
     pub port_forward_bind: String,
@@ -63,6 +64,7 @@ impl VmManager {
         runtime: Arc<dyn Runtime>,
         run_dirs: RunDirs,
         vms_dir: PathBuf,
+        volumes_dir: PathBuf,
         accel: Accel,
         iso_roots: Vec<PathBuf>,
         port_forward_bind: String,
@@ -76,6 +78,7 @@ impl VmManager {
             runtime,
             run_dirs,
             vms_dir,
+            volumes_dir,
             accel,
             iso_roots,
             port_forward_bind,
@@ -105,6 +108,10 @@ impl VmManager {
 
     fn forget_lock(&self, id: &str) {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    pub async fn is_running(&self, vm: &VmRecord) -> ApiResult<bool> {
+        Ok(self.rt(vm)?.inspect(&vm.id).await?.running)
     }
 
     /// Subscribes to every runtime's events (call once, inside the async runtime).
@@ -256,7 +263,9 @@ impl VmManager {
         self.get(id).await
     }
 
-    fn run_config(&self, vm: &VmRecord) -> ApiResult<RunConfig> {
+    async fn run_config(&self, vm: &VmRecord) -> ApiResult<RunConfig> {
+        let id = vm.id.clone();
+        let volumes = self.store.call(move |c| Ok(crate::volumes::store::disks_of(c, &id)?)).await?;
         let iso = |field: &str, path: &Option<String>| -> ApiResult<Option<PathBuf>> {
             match path {
                 None => Ok(None),
@@ -276,6 +285,8 @@ impl VmManager {
             port_forward_bind: self.port_forward_bind.clone(),
             iso: iso("iso_path", &vm.spec.iso_path)?,
             secondary_iso: iso("secondary_iso_path", &vm.spec.secondary_iso_path)?,
+            volumes,
+            volumes_dir: Some(self.volumes_dir.clone()),
         };
         Ok(RunConfig {
             spec: vm.spec.clone(),
@@ -291,7 +302,7 @@ impl VmManager {
         if rt.inspect(&vm.id).await?.running {
             return Err(ApiError::Conflict("VM is already running".into()));
         }
-        let config = self.run_config(vm)?;
+        let config = self.run_config(vm).await?;
         match rt.start(&config).await {
             Ok(_) => {
                 let (id, accel) = (vm.id.clone(), accel_name(self.accel));

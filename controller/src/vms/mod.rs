@@ -43,7 +43,7 @@ fn visible(user: &SessionUser, vm: &VmRecord) -> bool {
 }
 
 /// The VM if this user may see it; 404 otherwise, so other users' VMs are indistinguishable from absent ones.
-async fn owned(state: &AppState, user: &SessionUser, id: &str) -> ApiResult<VmRecord> {
+pub async fn owned(state: &AppState, user: &SessionUser, id: &str) -> ApiResult<VmRecord> {
     let vm = state.vms.get(id).await?;
     if visible(user, &vm) { Ok(vm) } else { Err(ApiError::NotFound("VM not found".into())) }
 }

@@ -1,0 +1,182 @@
+//! The ISO library: `GET /api/isos` (every ISO in the allowed roots), uploads into the data dir's
+//! `images/` (streamed to disk, never held in memory) and deletions (refused while a VM uses the ISO).
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use anyhow::Context;
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, State};
+use axum::http::StatusCode;
+use regex::Regex;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::audit::Audit;
+use crate::auth::{AdminUser, AuthUser};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::Message;
+use crate::state::AppState;
+
+static ISO_NAME_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._+ -]{0,200}\.[iI][sS][oO]$").unwrap_or_else(|_| unreachable!())
+});
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_isos))
+        .routes(routes!(delete_iso))
+        // ISOs are gigabytes: no body limit on the upload, which streams to disk.
+        .merge(OpenApiRouter::new().routes(routes!(upload_iso)).layer(DefaultBodyLimit::disable()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IsoInfo {
+    pub name: String,
+    /// Absolute path, as `iso_path` takes it.
+    pub path: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IsoUploaded {
+    pub success: bool,
+    pub message: String,
+    pub iso: IsoInfo,
+}
+
+/// ISO images in the allowed directories (the data dir's `images/` and `cloudinit/`, and `FASTVM_ISO_DIRS`).
+#[utoipa::path(get, path = "/api/isos", tag = "isos", security(("bearer" = [])),
+    responses((status = 200, body = Vec<IsoInfo>), (status = 401, body = ErrorBody)))]
+async fn list_isos(State(state): State<AppState>, _user: AuthUser) -> Json<Vec<IsoInfo>> {
+    let mut isos = Vec::new();
+    for root in state.settings.iso_roots() {
+        let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let is_iso = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("iso"));
+            // metadata() follows symlinks: a link is listed only if it points at a regular file.
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if is_iso && meta.is_file() {
+                isos.push(IsoInfo {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    path: path.display().to_string(),
+                    size: meta.len(),
+                });
+            }
+        }
+    }
+    isos.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));
+    Json(isos)
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if !ISO_NAME_RE.is_match(name) || name.contains("..") {
+        return Err(ApiError::BadRequest(format!(
+            "name: {name:?} must be a plain file name ending in .iso (letters, digits, `. _ + -`, spaces)"
+        )));
+    }
+    Ok(())
+}
+
+/// Upload an ISO into the library (multipart field `file`; its file name is kept).
+#[utoipa::path(post, path = "/api/isos", tag = "isos", security(("bearer" = [])),
+    request_body(content_type = "multipart/form-data", description = "field `file`: the ISO image"),
+    responses(
+        (status = 201, body = IsoUploaded),
+        (status = 400, description = "Bad name or no file", body = ErrorBody),
+        (status = 409, description = "An ISO of that name exists", body = ErrorBody),
+    ))]
+async fn upload_iso(
+    State(state): State<AppState>,
+    audit: Audit,
+    _user: AuthUser,
+    mut multipart: Multipart,
+) -> ApiResult<(StatusCode, Json<IsoUploaded>)> {
+    audit.action("iso.upload");
+    let images = state.settings.data_dir.join("images");
+    while let Some(mut field) =
+        multipart.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))?
+    {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = field.file_name().unwrap_or_default().to_string();
+        audit.target(&name);
+        check_name(&name)?;
+        let target = images.join(&name);
+        if target.exists() {
+            return Err(ApiError::Conflict(format!("name: {name} already exists")));
+        }
+        let tmp = images.join(format!(".upload-{}.tmp", uuid::Uuid::new_v4().simple()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.context("creating the upload file")?;
+            let mut size: u64 = 0;
+            while let Some(chunk) =
+                field.chunk().await.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?
+            {
+                size += chunk.len() as u64;
+                file.write_all(&chunk).await.context("writing the upload")?;
+            }
+            file.sync_all().await.context("syncing the upload")?;
+            // A hard link never replaces an existing file, unlike rename: a racing upload of the same
+            // name loses with a 409 instead of overwriting.
+            match std::fs::hard_link(&tmp, &target) {
+                Ok(()) => Ok(size),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(ApiError::Conflict(format!("name: {name} already exists")))
+                }
+                Err(e) => Err(ApiError::Internal(anyhow::Error::from(e).context("placing the upload"))),
+            }
+        }
+        .await;
+        let _ = std::fs::remove_file(&tmp);
+        let size = result?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(IsoUploaded {
+                success: true,
+                message: format!("{name} uploaded"),
+                iso: IsoInfo { name, path: target.display().to_string(), size },
+            }),
+        ));
+    }
+    Err(ApiError::BadRequest("file: no file in the upload (multipart field `file`)".into()))
+}
+
+fn resolves_to(iso: Option<&str>, target: &Path) -> bool {
+    iso.and_then(|p| std::fs::canonicalize(p).ok()).is_some_and(|p: PathBuf| p == target)
+}
+
+/// Delete an uploaded ISO (admin only). Refused while any VM uses it.
+#[utoipa::path(delete, path = "/api/isos/{name}", tag = "isos", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, body = Message),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "In use by a VM", body = ErrorBody),
+    ))]
+async fn delete_iso(
+    State(state): State<AppState>,
+    audit: Audit,
+    _admin: AdminUser,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<Message>> {
+    audit.action("iso.delete").target(&name);
+    check_name(&name)?;
+    let path = state.settings.data_dir.join("images").join(&name);
+    let canonical = path.canonicalize().map_err(|_| ApiError::NotFound(format!("ISO {name} not found")))?;
+    let vms = state.store.call(|c| Ok(crate::vms::store::list(c)?)).await?;
+    if let Some(vm) = vms.iter().find(|vm| {
+        resolves_to(vm.spec.iso_path.as_deref(), &canonical)
+            || resolves_to(vm.spec.secondary_iso_path.as_deref(), &canonical)
+    }) {
+        return Err(ApiError::Conflict(format!("ISO {name} is used by VM {} ({})", vm.spec.name, vm.id)));
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(Message::ok(format!("ISO {name} deleted")))
+}
