@@ -194,23 +194,16 @@ async fn create_seed(
     }
     let dir = state.settings.data_dir.join("cloudinit");
     let iso = dir.join(format!("{hostname}-{}.iso", &instance_id[7..]));
-    let tmp = iso.with_extension("iso.tmp");
-    let out = tokio::process::Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
-        .arg(&tmp)
-        .args(["user-data", "meta-data", "network-config"])
-        .current_dir(work.path())
-        .output()
-        .await
-        .context("running xorriso (is it installed?)")?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ApiError::Operation(format!(
-            "building the seed ISO failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    std::fs::rename(&tmp, &iso).context("moving the seed ISO into place")?;
+    let work_dir = work.path().to_path_buf();
+    crate::storage::produce(&iso, "building the seed ISO", |tmp| {
+        let mut cmd = tokio::process::Command::new("xorriso");
+        cmd.args(["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+            .arg(tmp)
+            .args(["user-data", "meta-data", "network-config"])
+            .current_dir(&work_dir);
+        cmd
+    })
+    .await?;
     audit.details(&iso.display().to_string());
     Ok(Json(CloudInitResponse {
         success: true,

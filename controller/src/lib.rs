@@ -12,6 +12,7 @@ pub mod isos;
 pub mod qmp;
 pub mod runtime;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod system;
 pub mod vms;

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use rand::Rng;
 use tokio::sync::OwnedMutexGuard;
 use vmrunner::VmSpec;
@@ -240,19 +239,7 @@ impl VmManager {
         self.check_conflicts(id, &spec).await?;
         let disk = self.vms_dir.join(id).join("disk0.qcow2");
         if spec.disk_size > current.spec.disk_size && disk.exists() {
-            let out = tokio::process::Command::new(&self.qemu_img)
-                .arg("resize")
-                .arg(&disk)
-                .arg(format!("{}G", spec.disk_size))
-                .output()
-                .await
-                .context("running qemu-img resize")?;
-            if !out.status.success() {
-                return Err(ApiError::Operation(format!(
-                    "resizing the disk failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
+            crate::storage::grow_image(&self.qemu_img, &disk, spec.disk_size).await?;
         }
         let owner = owner.unwrap_or(current.owner);
         let (i, s) = (id.to_string(), spec);

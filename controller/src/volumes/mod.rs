@@ -5,7 +5,6 @@ pub mod store;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -96,22 +95,7 @@ async fn create_volume(
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     audit.target(&id);
     let path = state.settings.data_dir.join("volumes").join(format!("{id}.{}", req.format.as_str()));
-    let tmp = path.with_extension("tmp");
-    let out = tokio::process::Command::new(&state.vms.qemu_img)
-        .args(["create", "-q", "-f", req.format.as_str()])
-        .arg(&tmp)
-        .arg(format!("{}G", req.size_gb))
-        .output()
-        .await
-        .context("running qemu-img")?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ApiError::Operation(format!(
-            "creating the volume failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    std::fs::rename(&tmp, &path).context("moving the new volume into place")?;
+    crate::storage::create_image(&state.vms.qemu_img, &path, req.format.as_str(), req.size_gb).await?;
     let (i, name, owner, p) =
         (id.clone(), req.name.clone(), user.username.clone(), path.display().to_string());
     let inserted = state
