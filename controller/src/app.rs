@@ -26,7 +26,7 @@ use crate::runtime::{RunDirs, Runtime};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
-use crate::{audit, auth, cloudinit, host, http, isos, system, vms, volumes, web};
+use crate::{audit, auth, cloudinit, host, http, isos, snapshots, system, vms, volumes, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,6 +46,7 @@ use crate::{audit, auth, cloudinit, host, http, isos, system, vms, volumes, web}
         (name = "volumes", description = "Standalone volumes, attached to VMs"),
         (name = "cloudinit", description = "Cloud-init seed ISOs"),
         (name = "isos", description = "The ISO library"),
+        (name = "snapshots", description = "VM snapshots, with or without RAM"),
     )
 )]
 struct ApiDoc;
@@ -68,6 +69,7 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
         .merge(volumes::routes())
         .merge(cloudinit::routes())
         .merge(isos::routes())
+        .merge(snapshots::routes())
         .split_for_parts()
 }
 

@@ -11,6 +11,7 @@ pub mod http;
 pub mod isos;
 pub mod qmp;
 pub mod runtime;
+pub mod snapshots;
 pub mod state;
 pub mod storage;
 pub mod store;

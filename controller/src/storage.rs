@@ -41,6 +41,9 @@ fn temporary_name(target: &Path) -> PathBuf {
 
 /// An empty disk image (thin: qcow2, or a sparse raw file).
 pub async fn create_image(qemu_img: &Path, target: &Path, format: &str, size_gb: u64) -> ApiResult<()> {
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     produce(target, "creating the disk image", |tmp| {
         let mut cmd = Command::new(qemu_img);
         cmd.args(["create", "-q", "-f", format]).arg(tmp).arg(format!("{size_gb}G"));

@@ -128,6 +128,9 @@ pub struct Launch {
     /// Where standalone volumes live (a container mounts it whole, so volumes can be hot-plugged).
     #[serde(default)]
     pub volumes_dir: Option<PathBuf>,
+    /// Start from this internal snapshot's saved RAM state (restoring a live snapshot).
+    #[serde(default)]
+    pub loadvm: Option<String>,
 }
 
 impl Launch {
@@ -450,6 +453,10 @@ pub fn tpm(spec: &VmSpec, l: &Launch) -> Vec<String> {
     ]
 }
 
+pub fn loadvm(_spec: &VmSpec, l: &Launch) -> Vec<String> {
+    l.loadvm.iter().flat_map(|tag| ["-loadvm".to_string(), tag.clone()]).collect()
+}
+
 pub fn balloon(_spec: &VmSpec, _l: &Launch) -> Vec<String> {
     json_arg("-device", json!({"driver": "virtio-balloon-pci", "id": "balloon0"}))
 }
@@ -478,6 +485,7 @@ pub const PIECES: &[(&str, Piece)] = &[
     ("qmp", qmp),
     ("tpm", tpm),
     ("balloon", balloon),
+    ("loadvm", loadvm),
 ];
 
 /// The full argument list (without the program name).

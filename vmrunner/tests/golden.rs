@@ -20,6 +20,7 @@ fn launch(accel: Accel, nics: Vec<NicBackend>) -> Launch {
         secondary_iso: None,
         volumes: Vec::new(),
         volumes_dir: None,
+        loadvm: None,
     }
 }
 

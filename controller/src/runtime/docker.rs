@@ -386,6 +386,7 @@ mod tests {
                 secondary_iso: None,
                 volumes: vec![],
                 volumes_dir: None,
+                loadvm: None,
             },
             qemu: "/usr/bin/qemu-system-x86_64".into(),
             qemu_img: "/usr/bin/qemu-img".into(),

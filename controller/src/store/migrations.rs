@@ -83,6 +83,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX volumes_by_vm ON volumes(attached_to);
     "#,
+    // 4: snapshots. `tag` is the name inside the qcow2 images; `vm_state` says whether RAM was saved.
+    r#"
+    CREATE TABLE snapshots (
+        id          TEXT PRIMARY KEY NOT NULL,
+        vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        tag         TEXT NOT NULL,
+        vm_state    INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        UNIQUE (vm_id, name)
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

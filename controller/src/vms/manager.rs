@@ -274,6 +274,7 @@ impl VmManager {
             secondary_iso: iso("secondary_iso_path", &vm.spec.secondary_iso_path)?,
             volumes,
             volumes_dir: Some(self.volumes_dir.clone()),
+            loadvm: None,
         };
         Ok(RunConfig {
             spec: vm.spec.clone(),
@@ -284,12 +285,13 @@ impl VmManager {
         })
     }
 
-    async fn start_locked(&self, vm: &VmRecord) -> ApiResult<()> {
+    async fn start_locked(&self, vm: &VmRecord, loadvm: Option<String>) -> ApiResult<()> {
         let rt = self.rt(vm)?;
         if rt.inspect(&vm.id).await?.running {
             return Err(ApiError::Conflict("VM is already running".into()));
         }
-        let config = self.run_config(vm).await?;
+        let mut config = self.run_config(vm).await?;
+        config.launch.loadvm = loadvm;
         match rt.start(&config).await {
             Ok(_) => {
                 let (id, accel) = (vm.id.clone(), accel_name(self.accel));
@@ -308,8 +310,13 @@ impl VmManager {
     pub async fn start(&self, id: &str) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
         let vm = self.get(id).await?;
-        self.start_locked(&vm).await?;
+        self.start_locked(&vm, None).await?;
         self.get(id).await
+    }
+
+    /// Starts a stopped VM from a live snapshot's saved state (the caller holds the VM's lock).
+    pub async fn start_from_snapshot(&self, vm: &VmRecord, tag: &str) -> ApiResult<()> {
+        self.start_locked(vm, Some(tag.to_string())).await
     }
 
     async fn stop_locked(&self, vm: &VmRecord, mode: StopMode) -> ApiResult<()> {
@@ -343,7 +350,7 @@ impl VmManager {
                 .map_err(|e| ApiError::Operation(format!("{e:#}")))?;
         } else {
             self.stop_locked(&vm, StopMode::Graceful { timeout }).await?;
-            self.start_locked(&vm).await?;
+            self.start_locked(&vm, None).await?;
         }
         self.get(id).await
     }

@@ -1,0 +1,334 @@
+//! Snapshots: `/api/vms/{vm_id}/snapshots[...]`. Internal qcow2 snapshots of every disk of the VM;
+//! on a running VM a live snapshot that includes RAM (QMP `snapshot-save`), which restores to a
+//! running guest exactly where it was.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::process::Command;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use vmrunner::argv::{DiskFormat, volume_ids};
+use vmrunner::validate::validate_name;
+
+use crate::audit::Audit;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::Message;
+use crate::state::AppState;
+use crate::store::{now_unix, rfc3339};
+use crate::vms::model::VmRecord;
+use crate::{qmp, storage};
+
+/// Long enough to write a big guest's RAM to disk.
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_snapshots, create_snapshot))
+        .routes(routes!(delete_snapshot))
+        .routes(routes!(restore_snapshot))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// RFC 3339.
+    pub created: String,
+    /// Bytes of saved RAM (0 without `vm_state`).
+    pub size: u64,
+    /// Whether the guest's RAM was saved too (a live snapshot): restoring resumes the guest.
+    pub vm_state: bool,
+    #[serde(skip)]
+    tag: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotResponse {
+    pub success: bool,
+    pub message: String,
+    pub snapshot: Snapshot,
+}
+
+/// A disk of the VM: its image and, while running, its QMP block node.
+struct Disk {
+    path: PathBuf,
+    node: String,
+}
+
+async fn disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<Disk>> {
+    let mut list =
+        vec![Disk { path: state.vms.vms_dir.join(&vm.id).join("disk0.qcow2"), node: "disk0".into() }];
+    let id = vm.id.clone();
+    for v in state.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &id)?)).await? {
+        if v.format == DiskFormat::Raw {
+            return Err(ApiError::Conflict(format!(
+                "Volume {} is raw: snapshots need qcow2 disks (detach it, or use a qcow2 volume)",
+                v.name
+            )));
+        }
+        list.push(Disk { path: v.path.into(), node: volume_ids(&v.id).0 });
+    }
+    Ok(list)
+}
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
+    Ok(Snapshot {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        tag: r.get(3)?,
+        vm_state: r.get(4)?,
+        created: rfc3339(r.get(5)?),
+        size: 0,
+    })
+}
+
+async fn load(state: &AppState, vm_id: &str, snap_id: &str) -> ApiResult<Snapshot> {
+    let (v, s) = (vm_id.to_string(), snap_id.to_string());
+    state
+        .store
+        .call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, description, tag, vm_state, created_at FROM snapshots WHERE vm_id = ?1 AND id = ?2",
+                params![v, s],
+                from_row,
+            )
+            .optional()?)
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound("Snapshot not found".into()))
+}
+
+/// `qemu-img snapshot` on every disk; on failure the disks already done are put back.
+async fn offline(state: &AppState, disks: &[Disk], op: &str, tag: &str, undo: Option<&str>) -> ApiResult<()> {
+    for (i, d) in disks.iter().enumerate() {
+        let mut cmd = Command::new(&state.vms.qemu_img);
+        cmd.args(["snapshot", op, tag]).arg(&d.path);
+        if let Err(e) = storage::run(cmd, "qemu-img snapshot").await {
+            if let Some(undo) = undo {
+                for done in &disks[..i] {
+                    let mut cmd = Command::new(&state.vms.qemu_img);
+                    cmd.args(["snapshot", undo, tag]).arg(&done.path);
+                    let _ = storage::run(cmd, "undoing qemu-img snapshot").await;
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Runs a QMP snapshot job to its end.
+async fn job(state: &AppState, vm_id: &str, command: &str, mut args: Value) -> ApiResult<()> {
+    let sock = state.vms.run_dirs.qmp(vm_id);
+    let job_id = format!("fastvm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    args["job-id"] = json!(job_id);
+    let failed = |e: anyhow::Error| ApiError::Operation(format!("{command}: {e:#}"));
+    qmp::command(&sock, command, Some(args)).await.map_err(failed)?;
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        let jobs = qmp::command(&sock, "query-jobs", None).await.map_err(failed)?;
+        let this = jobs.as_array().and_then(|l| l.iter().find(|j| j["id"] == job_id.as_str())).cloned();
+        match this {
+            Some(j) if j["status"] == "concluded" => {
+                let _ = qmp::command(&sock, "job-dismiss", Some(json!({"id": job_id}))).await;
+                // A failed snapshot-load leaves the guest paused; it must not stay that way.
+                if let Ok(status) = qmp::command(&sock, "query-status", None).await {
+                    if status["status"] != "running" {
+                        let _ = qmp::command(&sock, "cont", None).await;
+                    }
+                }
+                return match j["error"].as_str() {
+                    Some(e) => Err(ApiError::Operation(format!("{command}: {e}"))),
+                    None => Ok(()),
+                };
+            }
+            None => return Err(ApiError::Operation(format!("{command}: the job disappeared"))),
+            _ if Instant::now() > deadline => {
+                return Err(ApiError::Operation(format!("{command}: still running after {JOB_TIMEOUT:?}")));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Snapshots of a VM, oldest first.
+#[utoipa::path(get, path = "/api/vms/{vm_id}/snapshots", tag = "snapshots", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), responses((status = 200, body = Vec<Snapshot>), (status = 404, body = ErrorBody)))]
+async fn list_snapshots(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<Vec<Snapshot>>> {
+    let vm = crate::vms::owned(&state, &user, &vm_id).await?;
+    let id = vm.id.clone();
+    let mut snaps = state
+        .store
+        .call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, description, tag, vm_state, created_at FROM snapshots WHERE vm_id = ?1 ORDER BY created_at, name",
+            )?;
+            let rows = stmt.query_map([id], from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    // Sizes of saved RAM, from the image itself (-U: readable while the VM runs).
+    let disk = state.vms.vms_dir.join(&vm.id).join("disk0.qcow2");
+    if let Ok(out) =
+        Command::new(&state.vms.qemu_img).args(["info", "-U", "--output=json"]).arg(&disk).output().await
+    {
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        for s in &mut snaps {
+            let found =
+                info["snapshots"].as_array().and_then(|l| l.iter().find(|x| x["name"] == s.tag.as_str()));
+            s.size = found.and_then(|x| x["vm-state-size"].as_u64()).unwrap_or(0);
+        }
+    }
+    Ok(Json(snaps))
+}
+
+/// Take a snapshot: of the disks of a stopped VM, or live (disks and RAM) of a running one.
+#[utoipa::path(post, path = "/api/vms/{vm_id}/snapshots", tag = "snapshots", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), request_body = CreateSnapshot,
+    responses(
+        (status = 201, body = SnapshotResponse),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Name taken, or a raw disk", body = ErrorBody),
+    ))]
+async fn create_snapshot(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+    ApiJson(req): ApiJson<CreateSnapshot>,
+) -> ApiResult<(StatusCode, Json<SnapshotResponse>)> {
+    audit.action("snapshot.create").target(&vm_id).details(&req.name);
+    validate_name(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if req.description.len() > 1000 {
+        return Err(ApiError::BadRequest("description: at most 1000 characters".into()));
+    }
+    crate::vms::owned(&state, &user, &vm_id).await?;
+    let _guard = state.vms.lock(&vm_id).await;
+    let vm = state.vms.get(&vm_id).await?;
+    let (v, n) = (vm_id.clone(), req.name.clone());
+    let taken: bool = state
+        .store
+        .call(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE vm_id = ?1 AND name = ?2",
+                params![v, n],
+                |r| r.get::<_, i64>(0),
+            )? > 0)
+        })
+        .await?;
+    if taken {
+        return Err(ApiError::Conflict(format!("name: this VM already has a snapshot called {}", req.name)));
+    }
+    let disks = disks(&state, &vm).await?;
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let tag = format!("fastvm-{id}");
+    let running = state.vms.is_running(&vm).await?;
+    if running {
+        let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
+        job(&state, &vm_id, "snapshot-save", json!({"tag": tag, "vmstate": "disk0", "devices": devices}))
+            .await?;
+    } else {
+        if !disks[0].path.exists() {
+            // Never started: its disk is created now, so the snapshot has something to hold.
+            storage::create_image(&state.vms.qemu_img, &disks[0].path, "qcow2", vm.spec.disk_size).await?;
+        }
+        offline(&state, &disks, "-c", &tag, Some("-d")).await?;
+    }
+    let (i, v, n, d, t) = (id.clone(), vm_id.clone(), req.name.clone(), req.description.clone(), tag.clone());
+    state
+        .store
+        .call(move |c| {
+            c.execute(
+                "INSERT INTO snapshots (id, vm_id, name, description, tag, vm_state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![i, v, n, d, t, running, now_unix()],
+            )?;
+            Ok(())
+        })
+        .await?;
+    audit.details(&id);
+    let snapshot = load(&state, &vm_id, &id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SnapshotResponse { success: true, message: format!("Snapshot {} created", req.name), snapshot }),
+    ))
+}
+
+/// Go back to a snapshot (the VM must be stopped). A live snapshot brings the guest back running,
+/// where it was when the snapshot was taken.
+#[utoipa::path(post, path = "/api/vms/{vm_id}/snapshots/{snap_id}/restore", tag = "snapshots", security(("bearer" = [])),
+    params(("vm_id" = String, Path), ("snap_id" = String, Path)),
+    responses((status = 200, body = Message), (status = 404, body = ErrorBody), (status = 409, description = "VM running", body = ErrorBody)))]
+async fn restore_snapshot(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path((vm_id, snap_id)): Path<(String, String)>,
+) -> ApiResult<Json<Message>> {
+    audit.action("snapshot.restore").target(&vm_id).details(&snap_id);
+    crate::vms::owned(&state, &user, &vm_id).await?;
+    let _guard = state.vms.lock(&vm_id).await;
+    let vm = state.vms.get(&vm_id).await?;
+    let snap = load(&state, &vm_id, &snap_id).await?;
+    if state.vms.is_running(&vm).await? {
+        return Err(ApiError::Conflict("Stop the VM before restoring a snapshot".into()));
+    }
+    let disks = disks(&state, &vm).await?;
+    // Reverting the disks first makes both kinds of restore leave the same disks behind.
+    offline(&state, &disks, "-a", &snap.tag, None).await?;
+    if snap.vm_state {
+        state.vms.start_from_snapshot(&vm, &snap.tag).await?;
+        return Ok(Message::ok(format!("Snapshot {} restored; the VM runs from it", snap.name)));
+    }
+    Ok(Message::ok(format!("Snapshot {} restored", snap.name)))
+}
+
+/// Delete a snapshot (its data in the images is freed).
+#[utoipa::path(delete, path = "/api/vms/{vm_id}/snapshots/{snap_id}", tag = "snapshots", security(("bearer" = [])),
+    params(("vm_id" = String, Path), ("snap_id" = String, Path)),
+    responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
+async fn delete_snapshot(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path((vm_id, snap_id)): Path<(String, String)>,
+) -> ApiResult<Json<Message>> {
+    audit.action("snapshot.delete").target(&vm_id).details(&snap_id);
+    crate::vms::owned(&state, &user, &vm_id).await?;
+    let _guard = state.vms.lock(&vm_id).await;
+    let vm = state.vms.get(&vm_id).await?;
+    let snap = load(&state, &vm_id, &snap_id).await?;
+    let disks = disks(&state, &vm).await?;
+    if state.vms.is_running(&vm).await? {
+        let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
+        job(&state, &vm_id, "snapshot-delete", json!({"tag": snap.tag, "devices": devices})).await?;
+    } else {
+        offline(&state, &disks, "-d", &snap.tag, None).await?;
+    }
+    let s = snap_id.clone();
+    state.store.call(move |c| Ok(c.execute("DELETE FROM snapshots WHERE id = ?1", [s])?)).await?;
+    Ok(Message::ok(format!("Snapshot {} deleted", snap.name)))
+}
