@@ -58,3 +58,50 @@ pub async fn grow_image(qemu_img: &Path, image: &Path, size_gb: u64) -> ApiResul
     cmd.arg("resize").arg(image).arg(format!("{size_gb}G"));
     run(cmd, "resizing the disk").await
 }
+
+/// The image `image` is stacked on, if any (`-U`: readable while a VM uses it).
+pub async fn backing_file(qemu_img: &Path, image: &Path) -> Option<PathBuf> {
+    let out = Command::new(qemu_img).args(["info", "-U", "--output=json"]).arg(image).output().await.ok()?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let backing = info["full-backing-filename"].as_str().or(info["backing-filename"].as_str())?;
+    let path = PathBuf::from(backing);
+    Some(if path.is_absolute() { path } else { image.parent().unwrap_or(Path::new("/")).join(path) })
+}
+
+/// An overlay on `base` at `target`: it starts out reading everything from the base and writes only
+/// to itself.
+pub async fn create_overlay(qemu_img: &Path, base: &Path, target: &Path) -> ApiResult<()> {
+    produce(target, "creating the overlay image", |tmp| {
+        let mut cmd = Command::new(qemu_img);
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(base).arg(tmp);
+        cmd
+    })
+    .await
+}
+
+/// Removes the shared base images that no VM disk needs any more, directly or through another base.
+/// `disks` are every VM's disk images.
+pub async fn collect_unused_bases(qemu_img: &Path, base_dir: &Path, disks: &[PathBuf]) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base_dir) else { return Vec::new() };
+    let bases: Vec<PathBuf> =
+        entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let mut needed = std::collections::HashSet::new();
+    for disk in disks.iter().filter(|d| d.exists()) {
+        let mut current = disk.clone();
+        // Follow the chain down; every base on it is needed. Bounded in case of a cycle.
+        for _ in 0..64 {
+            match backing_file(qemu_img, &current).await {
+                Some(b) if needed.insert(b.clone()) => current = b,
+                _ => break,
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    for base in bases {
+        let canonical = base.canonicalize().unwrap_or_else(|_| base.clone());
+        if !needed.contains(&base) && !needed.contains(&canonical) && std::fs::remove_file(&base).is_ok() {
+            removed.push(base);
+        }
+    }
+    removed
+}

@@ -378,6 +378,7 @@ impl VmManager {
         }
         drop(guard);
         self.forget_lock(id);
+        self.collect_bases().await;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! Ownership: a regular user sees and acts on their own VMs only (others answer 404, as if absent);
 //! admins see all and may hand a VM to another user.
 
+mod clone;
 pub mod manager;
 pub mod model;
 pub mod store;
@@ -36,6 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(stop_vm))
         .routes(routes!(restart_vm))
         .routes(routes!(vm_logs))
+        .routes(routes!(clone_vm))
 }
 
 fn visible(user: &SessionUser, vm: &VmRecord) -> bool {
@@ -267,4 +269,36 @@ async fn vm_logs(
     owned(&state, &user, &vm_id).await?;
     let (qemu_log, serial_log) = state.vms.logs(&vm_id, q.lines.unwrap_or(100).clamp(1, 10_000));
     Ok(Json(VmLogs { qemu_log, serial_log }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    pub name: String,
+    pub memory: Option<u64>,
+    pub cpus: Option<u32>,
+}
+
+/// Clone a stopped VM (copy-on-write: instant whatever the disk size). The clone gets new MACs, a
+/// copy of the UEFI variables, a fresh TPM, and no port forwards.
+#[utoipa::path(post, path = "/api/vms/{vm_id}/clone", tag = "vms", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), request_body = CloneRequest,
+    responses(
+        (status = 201, body = VmActionResponse),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Running, or has snapshots", body = ErrorBody),
+    ))]
+async fn clone_vm(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+    ApiJson(req): ApiJson<CloneRequest>,
+) -> ApiResult<(StatusCode, Json<VmActionResponse>)> {
+    audit.action("vm.clone").target(&vm_id).details(&req.name);
+    owned(&state, &user, &vm_id).await?;
+    let vm = state.vms.clone_vm(&vm_id, req.name, req.memory, req.cpus, &user.username).await?;
+    audit.details(&vm.id);
+    Ok((StatusCode::CREATED, respond(format!("VM cloned as {}", vm.spec.name), &vm)))
 }

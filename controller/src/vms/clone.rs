@@ -1,0 +1,138 @@
+//! Copy-on-write clones. The source's disk is frozen as a read-only base image (a rename: O(1) in
+//! the disk's size) and the source and the clone each get an empty overlay on it, so neither ever sees
+//! the other's writes. Bases are removed once no disk stacks on them any more.
+
+use std::path::PathBuf;
+
+use rusqlite::params;
+use vmrunner::VmSpec;
+
+use super::manager::VmManager;
+use super::model::{VmRecord, VmStatus};
+use super::store;
+use crate::error::{ApiError, ApiResult};
+use crate::storage;
+use crate::store::now_unix;
+
+impl VmManager {
+    fn base_dir(&self) -> PathBuf {
+        self.vms_dir.with_file_name("base")
+    }
+
+    fn disk_of(&self, id: &str) -> PathBuf {
+        self.vms_dir.join(id).join("disk0.qcow2")
+    }
+
+    /// Clones a stopped VM: new id, name, MACs and TPM; copied UEFI variables; no port forwards (their
+    /// host ports belong to the source); attached volumes stay with the source.
+    pub async fn clone_vm(
+        &self,
+        source_id: &str,
+        name: String,
+        memory: Option<u64>,
+        cpus: Option<u32>,
+        owner: &str,
+    ) -> ApiResult<VmRecord> {
+        let _guard = self.lock(source_id).await;
+        let source = self.get(source_id).await?;
+        if self.is_running(&source).await? {
+            return Err(ApiError::Conflict("Stop the VM before cloning it".into()));
+        }
+        let sid = source_id.to_string();
+        let snapshots: i64 = self
+            .store
+            .call(move |c| {
+                Ok(c.query_row("SELECT COUNT(*) FROM snapshots WHERE vm_id = ?1", params![sid], |r| {
+                    r.get(0)
+                })?)
+            })
+            .await?;
+        if snapshots > 0 {
+            return Err(ApiError::Conflict(
+                "The VM has snapshots; delete them before cloning (a clone shares the disk as it is now)"
+                    .into(),
+            ));
+        }
+        let mut spec: VmSpec = source.spec.clone();
+        spec.name = name;
+        spec.memory = memory.unwrap_or(spec.memory);
+        spec.cpus = cpus.unwrap_or(spec.cpus);
+        for net in &mut spec.networks {
+            net.mac_address = None;
+            net.port_forwards.clear();
+        }
+        self.normalize(&mut spec)?;
+        let clone_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let clone_dir = self.vms_dir.join(&clone_id);
+        std::fs::create_dir_all(&clone_dir).map_err(anyhow::Error::from)?;
+        let result = self.share_disk(source_id, &clone_id).await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&clone_dir);
+            return Err(e);
+        }
+        // UEFI variables (boot entries) are the machine's own settings: the clone starts with a copy.
+        for file in ["OVMF_VARS.fd", "OVMF_VARS.template"] {
+            let from = self.vms_dir.join(source_id).join(file);
+            if from.exists() {
+                std::fs::copy(&from, clone_dir.join(file)).map_err(anyhow::Error::from)?;
+            }
+        }
+        let now = now_unix();
+        let record = VmRecord {
+            id: clone_id.clone(),
+            owner: owner.to_string(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            spec,
+            runtime: self.runtime.name().to_string(),
+            status: VmStatus::Stopped,
+            accel: None,
+            started_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let r = record.clone();
+        if let Err(e) = self.store.call(move |c| Ok(store::insert(c, &r)?)).await {
+            let _ = std::fs::remove_dir_all(&clone_dir);
+            return Err(e.into());
+        }
+        Ok(record)
+    }
+
+    /// Freezes the source disk as a base and stacks an overlay for each VM on it; puts everything
+    /// back as it was on failure.
+    async fn share_disk(&self, source_id: &str, clone_id: &str) -> ApiResult<()> {
+        let source_disk = self.disk_of(source_id);
+        if !source_disk.exists() {
+            return Ok(()); // never started: the clone gets its own empty disk at first start
+        }
+        std::fs::create_dir_all(self.base_dir()).map_err(anyhow::Error::from)?;
+        let base = self.base_dir().join(format!("{}.qcow2", uuid::Uuid::new_v4().simple()));
+        std::fs::rename(&source_disk, &base).map_err(anyhow::Error::from)?;
+        let undo = |e: ApiError| {
+            let _ = std::fs::remove_file(&source_disk);
+            let _ = std::fs::rename(&base, &source_disk);
+            e
+        };
+        storage::create_overlay(&self.qemu_img, &base, &source_disk).await.map_err(undo)?;
+        if let Err(e) = storage::create_overlay(&self.qemu_img, &base, &self.disk_of(clone_id)).await {
+            return Err(undo(e));
+        }
+        Ok(())
+    }
+
+    /// Deletes base images nothing stacks on any more (after a VM's disk went away).
+    pub async fn collect_bases(&self) {
+        let vms = match self.store.call(|c| Ok(store::list(c)?)).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing VMs for base clean-up failed");
+                return;
+            }
+        };
+        let disks: Vec<PathBuf> = vms.iter().map(|vm| self.disk_of(&vm.id)).collect();
+        for removed in storage::collect_unused_bases(&self.qemu_img, &self.base_dir(), &disks).await {
+            tracing::info!(base = %removed.display(), "removed a base image nothing uses any more");
+        }
+    }
+}
