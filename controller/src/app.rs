@@ -26,7 +26,7 @@ use crate::runtime::{RunDirs, Runtime};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
-use crate::{audit, auth, cloudinit, host, http, isos, snapshots, system, vms, volumes, web};
+use crate::{audit, auth, backups, cloudinit, host, http, isos, snapshots, system, vms, volumes, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +47,7 @@ use crate::{audit, auth, cloudinit, host, http, isos, snapshots, system, vms, vo
         (name = "cloudinit", description = "Cloud-init seed ISOs"),
         (name = "isos", description = "The ISO library"),
         (name = "snapshots", description = "VM snapshots, with or without RAM"),
+        (name = "backups", description = "Verified backup archives, restore"),
     )
 )]
 struct ApiDoc;
@@ -70,6 +71,7 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
         .merge(cloudinit::routes())
         .merge(isos::routes())
         .merge(snapshots::routes())
+        .merge(backups::routes())
         .split_for_parts()
 }
 

@@ -96,6 +96,18 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (vm_id, name)
     );
     "#,
+    // 5: backups. Not tied to the VM by a foreign key: a backup outlives its VM.
+    r#"
+    CREATE TABLE backups (
+        id         TEXT PRIMARY KEY NOT NULL,
+        vm_id      TEXT NOT NULL,
+        vm_name    TEXT NOT NULL,
+        owner      TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

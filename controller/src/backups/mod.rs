@@ -1,0 +1,445 @@
+//! Backups: `POST /api/vms/{vm_id}/backup`, `GET /api/backups`, download, delete and restore.
+//! A backup is one verified archive (see `archive`) of the VM's disk, UEFI variables and TPM state,
+//! taken from a stopped VM or, consistently, from a running one (QMP `blockdev-backup`).
+
+pub mod archive;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::process::Command;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::audit::Audit;
+use crate::auth::AuthUser;
+use crate::auth::users::SessionUser;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::Message;
+use crate::state::AppState;
+use crate::store::{now_unix, rfc3339};
+use crate::vms::model::{VmActionResponse, VmRecord, VmStatus};
+use crate::{qmp, storage};
+use archive::Manifest;
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_backup))
+        .routes(routes!(list_backups))
+        .routes(routes!(download_backup))
+        .routes(routes!(delete_backup))
+        .routes(routes!(restore_backup))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Backup {
+    pub id: String,
+    pub vm_id: String,
+    pub vm_name: String,
+    pub backup_name: String,
+    pub size_mb: f64,
+    pub size_bytes: u64,
+    /// RFC 3339.
+    pub created: String,
+    #[serde(skip)]
+    path: String,
+    #[serde(skip)]
+    owner: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackupResponse {
+    pub success: bool,
+    pub message: String,
+    pub id: String,
+    pub backup_name: String,
+    pub size_mb: f64,
+    pub vm_name: String,
+}
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
+    let path: String = r.get(4)?;
+    let size: i64 = r.get(5)?;
+    Ok(Backup {
+        id: r.get(0)?,
+        vm_id: r.get(1)?,
+        vm_name: r.get(2)?,
+        owner: r.get(3)?,
+        backup_name: Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        path,
+        size_bytes: size.max(0) as u64,
+        size_mb: (size.max(0) as f64 / 1_048_576.0 * 100.0).round() / 100.0,
+        created: rfc3339(r.get(6)?),
+    })
+}
+
+const COLUMNS: &str = "id, vm_id, vm_name, owner, path, size_bytes, created_at";
+
+async fn owned(state: &AppState, user: &SessionUser, id: &str) -> ApiResult<Backup> {
+    let i = id.to_string();
+    let found = state
+        .store
+        .call(move |c| {
+            Ok(c.query_row(&format!("SELECT {COLUMNS} FROM backups WHERE id = ?1"), [i], from_row)
+                .optional()?)
+        })
+        .await?;
+    match found {
+        Some(b) if user.is_admin || b.owner == user.username => Ok(b),
+        _ => Err(ApiError::NotFound("Backup not found".into())),
+    }
+}
+
+/// A file name part made of the VM's name.
+fn slug(name: &str) -> String {
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    s.chars().take(40).collect()
+}
+
+/// Copies the running VM's disk with a QMP `blockdev-backup` job into `target` (a consistent
+/// point-in-time copy; the guest keeps running).
+async fn live_copy(state: &AppState, vm: &VmRecord, target: &Path) -> ApiResult<()> {
+    let sock = state.vms.run_dirs.qmp(&vm.id);
+    storage::create_image(&state.vms.qemu_img, target, "qcow2", vm.spec.disk_size).await?;
+    let node = format!("backup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let failed = |e: anyhow::Error| ApiError::Operation(format!("live backup: {e:#}"));
+    qmp::command(
+        &sock,
+        "blockdev-add",
+        Some(json!({"driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": target}})),
+    )
+    .await
+    .map_err(failed)?;
+    let job_id = node.clone();
+    let result = async {
+        qmp::command(
+            &sock,
+            "blockdev-backup",
+            Some(json!({"device": "disk0", "target": node, "sync": "full", "job-id": job_id, "auto-dismiss": false})),
+        )
+        .await
+        .map_err(failed)?;
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        loop {
+            let jobs = qmp::command(&sock, "query-jobs", None).await.map_err(failed)?;
+            let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["id"] == job_id.as_str())).cloned();
+            match job {
+                Some(j) if j["status"] == "concluded" => {
+                    let _ = qmp::command(&sock, "job-dismiss", Some(json!({"id": job_id}))).await;
+                    return match j["error"].as_str() {
+                        Some(e) => Err(ApiError::Operation(format!("live backup: {e}"))),
+                        None => Ok(()),
+                    };
+                }
+                None => return Err(ApiError::Operation("live backup: the job disappeared".into())),
+                _ if Instant::now() > deadline => return Err(ApiError::Operation("live backup timed out".into())),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    .await;
+    let _ = qmp::command(&sock, "blockdev-del", Some(json!({"node-name": node}))).await;
+    result
+}
+
+/// Back up a VM, stopped or running (the guest keeps running).
+#[utoipa::path(post, path = "/api/vms/{vm_id}/backup", tag = "backups", security(("bearer" = [])),
+    params(("vm_id" = String, Path)),
+    responses((status = 200, body = BackupResponse), (status = 404, body = ErrorBody)))]
+async fn create_backup(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    UrlPath(vm_id): UrlPath<String>,
+) -> ApiResult<Json<BackupResponse>> {
+    audit.action("backup.create").target(&vm_id);
+    crate::vms::owned(&state, &user, &vm_id).await?;
+    let _guard = state.vms.lock(&vm_id).await;
+    let vm = state.vms.get(&vm_id).await?;
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let backups_dir = state.settings.data_dir.join("backups");
+    let work =
+        tempfile::Builder::new().prefix(".backup-").tempdir_in(&backups_dir).context("work directory")?;
+    let vm_dir = state.vms.vms_dir.join(&vm.id);
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let disk = vm_dir.join("disk0.qcow2");
+    if state.vms.is_running(&vm).await? {
+        let copy = work.path().join("disk0.qcow2");
+        live_copy(&state, &vm, &copy).await?;
+        files.push(("disk0.qcow2".into(), copy));
+    } else if disk.exists() {
+        if storage::backing_file(&state.vms.qemu_img, &disk).await.is_some() {
+            // A clone's overlay needs its base: archive one self-contained image instead.
+            let copy = work.path().join("disk0.qcow2");
+            let mut cmd = Command::new(&state.vms.qemu_img);
+            cmd.args(["convert", "-O", "qcow2"]).arg(&disk).arg(&copy);
+            storage::run(cmd, "flattening the disk").await?;
+            files.push(("disk0.qcow2".into(), copy));
+        } else {
+            files.push(("disk0.qcow2".into(), disk));
+        }
+    }
+    for name in ["OVMF_VARS.fd", "OVMF_VARS.template"] {
+        if vm_dir.join(name).is_file() {
+            files.push((name.into(), vm_dir.join(name)));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(vm_dir.join("tpm")) {
+        for e in entries.filter_map(Result::ok).filter(|e| e.path().is_file()) {
+            files.push((format!("tpm/{}", e.file_name().to_string_lossy()), e.path()));
+        }
+    }
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let target = backups_dir.join(format!("fastvm-{}-{stamp}-{id}.tar.zst", slug(&vm.spec.name)));
+    let tmp = work.path().join("archive.tar.zst");
+    let manifest = Manifest {
+        format: archive::FORMAT.into(),
+        vm_id: vm.id.clone(),
+        vm_name: vm.spec.name.clone(),
+        spec: vm.spec.clone(),
+        created_at: stamp,
+        members: Vec::new(),
+    };
+    let out = tmp.clone();
+    tokio::task::spawn_blocking(move || archive::write(&out, &files, manifest))
+        .await
+        .context("backup task failed")??;
+    std::fs::rename(&tmp, &target).context("moving the backup into place")?;
+    let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+    let (i, v, n, o, p) = (
+        id.clone(),
+        vm.id.clone(),
+        vm.spec.name.clone(),
+        user.username.clone(),
+        target.display().to_string(),
+    );
+    let inserted = state
+        .store
+        .call(move |c| {
+            c.execute(
+                &format!("INSERT INTO backups ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![i, v, n, o, p, size as i64, stamp],
+            )?;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = inserted {
+        let _ = std::fs::remove_file(&target);
+        return Err(e.into());
+    }
+    audit.details(&id);
+    let backup = owned(&state, &user, &id).await?;
+    Ok(Json(BackupResponse {
+        success: true,
+        message: format!("Backup of {} created", vm.spec.name),
+        id,
+        backup_name: backup.backup_name,
+        size_mb: backup.size_mb,
+        vm_name: vm.spec.name,
+    }))
+}
+
+/// Backups you may see, newest first.
+#[utoipa::path(get, path = "/api/backups", tag = "backups", security(("bearer" = [])),
+    responses((status = 200, body = Vec<Backup>)))]
+async fn list_backups(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<Vec<Backup>>> {
+    let all = state
+        .store
+        .call(|c| {
+            let mut stmt =
+                c.prepare(&format!("SELECT {COLUMNS} FROM backups ORDER BY created_at DESC, id"))?;
+            let rows = stmt.query_map([], from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    Ok(Json(all.into_iter().filter(|b| user.is_admin || b.owner == user.username).collect()))
+}
+
+/// Download a backup archive (supports `Range` for resuming).
+#[utoipa::path(get, path = "/api/backups/{backup_id}/download", tag = "backups", security(("bearer" = [])),
+    params(("backup_id" = String, Path)),
+    responses((status = 200, description = "The archive"), (status = 206, description = "Part of it"), (status = 404, body = ErrorBody)))]
+async fn download_backup(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    UrlPath(backup_id): UrlPath<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let backup = owned(&state, &user, &backup_id).await?;
+    let response = ServeFile::new(&backup.path).oneshot(request).await.context("reading the backup")?;
+    let mut response = response.map(Body::new).into_response();
+    let disposition = format!("attachment; filename=\"{}\"", backup.backup_name);
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        response.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    Ok(response)
+}
+
+/// Delete a backup.
+#[utoipa::path(delete, path = "/api/backups/{backup_id}", tag = "backups", security(("bearer" = [])),
+    params(("backup_id" = String, Path)), responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
+async fn delete_backup(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    UrlPath(backup_id): UrlPath<String>,
+) -> ApiResult<Json<Message>> {
+    audit.action("backup.delete").target(&backup_id);
+    let backup = owned(&state, &user, &backup_id).await?;
+    let i = backup_id.clone();
+    state.store.call(move |c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [i])?)).await?;
+    let _ = std::fs::remove_file(&backup.path);
+    Ok(Message::ok(format!("Backup {} deleted", backup.backup_name)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Restore as a new VM with this name. Without it the backup goes back onto its original VM,
+    /// which must exist and be stopped.
+    pub new_name: Option<String>,
+}
+
+/// Restore a backup, as a new VM or onto its (stopped) original VM. The archive is verified in full
+/// first: a damaged one is refused and nothing changes.
+#[utoipa::path(post, path = "/api/backups/{backup_id}/restore", tag = "backups", security(("bearer" = [])),
+    params(("backup_id" = String, Path)), request_body = RestoreRequest,
+    responses(
+        (status = 200, body = VmActionResponse),
+        (status = 400, description = "Damaged archive", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The original VM is running", body = ErrorBody),
+    ))]
+async fn restore_backup(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    UrlPath(backup_id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<VmActionResponse>> {
+    audit.action("backup.restore").target(&backup_id);
+    // The body is optional: none (or `{}`) means "onto the original VM".
+    let req: RestoreRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RestoreRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?
+    };
+    let backup = owned(&state, &user, &backup_id).await?;
+    let vms_dir = state.vms.vms_dir.clone();
+    let staging =
+        tempfile::Builder::new().prefix(".restore-").tempdir_in(&vms_dir).context("staging directory")?;
+    let (archive_path, dir) = (PathBuf::from(&backup.path), staging.path().to_path_buf());
+    let manifest = tokio::task::spawn_blocking(move || archive::extract_verified(&archive_path, &dir))
+        .await
+        .context("restore task failed")?
+        .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
+
+    match req.new_name {
+        Some(name) => {
+            let vm = restore_as_new(&state, &user, manifest, name, staging.path()).await?;
+            audit.details(&vm.id);
+            Ok(Json(VmActionResponse {
+                success: true,
+                message: format!("Restored as {}", vm.spec.name),
+                vm: (&vm).into(),
+            }))
+        }
+        None => {
+            let vm = crate::vms::owned(&state, &user, &manifest.vm_id).await.map_err(|_| {
+                ApiError::NotFound(
+                    "The original VM no longer exists: give a new_name to restore as a new VM".into(),
+                )
+            })?;
+            let _guard = state.vms.lock(&vm.id).await;
+            if state.vms.is_running(&vm).await? {
+                return Err(ApiError::Conflict("Stop the VM before restoring a backup onto it".into()));
+            }
+            let vm_dir = vms_dir.join(&vm.id);
+            std::fs::create_dir_all(&vm_dir).context("creating the VM directory")?;
+            replace_files(staging.path(), &vm_dir)?;
+            Ok(Json(VmActionResponse {
+                success: true,
+                message: format!("{} restored", vm.spec.name),
+                vm: (&vm).into(),
+            }))
+        }
+    }
+}
+
+/// Moves every restored file over the VM's own (renames within one filesystem).
+fn replace_files(from: &Path, to: &Path) -> ApiResult<()> {
+    let _ = std::fs::remove_dir_all(to.join("tpm"));
+    for entry in std::fs::read_dir(from).context("reading the staging directory")?.filter_map(Result::ok) {
+        std::fs::rename(entry.path(), to.join(entry.file_name()))
+            .context("moving a restored file into place")?;
+    }
+    Ok(())
+}
+
+async fn restore_as_new(
+    state: &AppState,
+    user: &SessionUser,
+    manifest: Manifest,
+    name: String,
+    staging: &Path,
+) -> ApiResult<VmRecord> {
+    let mut spec = manifest.spec;
+    spec.name = name;
+    // New MACs and no host ports: the original VM may still be using its own.
+    for net in &mut spec.networks {
+        net.mac_address = None;
+        net.port_forwards.clear();
+    }
+    // ISOs that are gone are dropped rather than blocking the restore.
+    for iso in [&mut spec.iso_path, &mut spec.secondary_iso_path] {
+        if iso.as_deref().is_some_and(|p| !Path::new(p).is_file()) {
+            *iso = None;
+        }
+    }
+    state.vms.normalize(&mut spec)?;
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    std::fs::rename(staging, state.vms.vms_dir.join(&id)).context("moving the restored files into place")?;
+    let now = now_unix();
+    let record = VmRecord {
+        id: id.clone(),
+        owner: user.username.clone(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        spec,
+        runtime: state.vms.runtime.name().to_string(),
+        status: VmStatus::Stopped,
+        accel: None,
+        started_at: None,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let r = record.clone();
+    if let Err(e) = state.store.call(move |c| Ok(crate::vms::store::insert(c, &r)?)).await {
+        let _ = std::fs::remove_dir_all(state.vms.vms_dir.join(&id));
+        return Err(e.into());
+    }
+    Ok(record)
+}
