@@ -112,13 +112,23 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
             }
         }
     });
-    Ok(AppState {
+    let state = AppState {
         login_limiter: Arc::new(LoginLimiter::new(settings.login_rate_limit)),
         settings: Arc::new(settings),
         store,
         tokens: Arc::new(tokens),
         vms,
-    })
+    };
+    let scheduler = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(backups::schedule::TICK).await;
+            if let Err(e) = backups::schedule::run_due(&scheduler).await {
+                tracing::error!(error = ?e, "backup scheduler failed");
+            }
+        }
+    });
+    Ok(state)
 }
 
 /// The docker runtime, when `FASTVM_RUNTIME` asks for it (or `auto` finds an engine and the image).

@@ -112,3 +112,119 @@ async fn live_backup_restores_as_a_new_vm_that_boots_with_the_data() -> TestResu
     assert!(!archive.exists());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_take_backups_and_prune_to_keep() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let (_, body) =
+        s.post("/api/vms", &admin, json!({"name": "sched", "memory": 256, "cpus": 1, "disk_size": 1})).await;
+    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let path = format!("/api/vms/{id}/backup-schedule");
+    for (bad, field) in [
+        (json!({"cron": "0 3 * * *", "interval": 60, "keep": 2}), "cron"),
+        (json!({"cron": "not a cron", "keep": 2}), "cron"),
+        (json!({"interval": 0, "keep": 2}), "interval"),
+        (json!({"interval": 60, "keep": 0}), "keep"),
+    ] {
+        let (status, resp) = s.post(&path, &admin, bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {resp}");
+        assert!(resp["detail"].as_str().is_some_and(|d| d.contains(field)), "{resp}");
+    }
+    let (status, resp) = s.post(&path, &admin, json!({"cron": "0 3 * * *", "keep": 7})).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert!(resp["schedule"]["next_run"].as_str().is_some_and(|t| t.ends_with("03:00:00Z")), "{resp}");
+
+    let (status, manual) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{manual}");
+    let (status, _) = s.post(&path, &admin, json!({"interval": 1, "keep": 2})).await;
+    assert_eq!(status, StatusCode::OK);
+    // Several ticks: more scheduled backups are taken than kept.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (_, sched) = s.get(&path, &admin).await;
+    assert!(sched["last_run"].is_string() && sched["last_error"].is_null(), "{sched}");
+    let (status, _) = s.call(Method::DELETE, &path, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(3)).await; // a run in flight finishes
+
+    let (_, list) = s.get("/api/backups", &admin).await;
+    let list = list.as_array().ok_or("list")?;
+    let scheduled = list.iter().filter(|b| b["scheduled"] == true).count();
+    assert_eq!(scheduled, 2, "pruned to keep: {list:?}");
+    assert!(list.iter().any(|b| b["id"] == manual["id"]), "manual backups are never pruned");
+    let files = std::fs::read_dir(s.data_dir.path().join("backups"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.zst"))
+        .count();
+    assert_eq!(files, 3, "pruned archives are deleted");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_uploaded_archive_restores_as_a_new_vm_and_a_damaged_one_is_refused() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let (_, body) = s
+        .post("/api/vms", &admin, json!({"name": "exported", "memory": 256, "cpus": 1, "disk_size": 1}))
+        .await;
+    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let disk = s.data_dir.path().join("vms").join(&id).join("disk0.qcow2");
+    std::fs::create_dir_all(disk.parent().ok_or("dir")?)?;
+    assert!(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("1G")
+            .status()?
+            .success()
+    );
+    assert!(Command::new("qemu-io").args(["-c", "write -P 0x5a 0 1M"]).arg(&disk).output()?.status.success());
+    let (_, backup) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&admin), None).await;
+    let backup_id = backup["id"].as_str().ok_or("id")?.to_string();
+    let bytes = s
+        .client
+        .get(s.url(&format!("/api/backups/{backup_id}/download")))
+        .bearer_auth(&admin)
+        .send()
+        .await?
+        .bytes()
+        .await?
+        .to_vec();
+
+    let upload = |data: Vec<u8>, name: Option<&'static str>| {
+        let mut form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(data).file_name("backup.tar.zst"));
+        if let Some(n) = name {
+            form = form.text("new_name", n);
+        }
+        s.client.post(s.url("/api/vms/restore")).bearer_auth(&admin).multipart(form).send()
+    };
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 1;
+    damaged.truncate(last / 2);
+    let r = upload(damaged, Some("broken")).await?;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(s.get("/api/vms", &admin).await.1.as_array().map(Vec::len), Some(1));
+    assert_eq!(s.get("/api/backups", &admin).await.1.as_array().map(Vec::len), Some(1));
+
+    let r = upload(bytes, Some("imported")).await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let restored: serde_json::Value = r.json().await?;
+    assert_eq!(restored["vm"]["name"], "imported");
+    let new_disk =
+        s.data_dir.path().join("vms").join(restored["vm"]["id"].as_str().ok_or("id")?).join("disk0.qcow2");
+    let out = Command::new("qemu-io").args(["-r", "-c", "read -P 0x5a 0 1M"]).arg(&new_disk).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("read 1048576/1048576")
+            && !text.contains("Pattern verification failed"),
+        "{text}"
+    );
+    assert_eq!(
+        s.get("/api/backups", &admin).await.1.as_array().map(Vec::len),
+        Some(2),
+        "the upload is kept as a backup"
+    );
+    Ok(())
+}

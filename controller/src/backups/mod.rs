@@ -3,6 +3,7 @@
 //! taken from a stopped VM or, consistently, from a running one (QMP `blockdev-backup`).
 
 pub mod archive;
+pub mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use rusqlite::{OptionalExtension, params};
@@ -43,10 +44,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(download_backup))
         .routes(routes!(delete_backup))
         .routes(routes!(restore_backup))
+        .merge(schedule::routes())
+        // Archives are gigabytes: no body limit on the upload, which streams to disk.
+        .merge(OpenApiRouter::new().routes(routes!(upload_and_restore)).layer(DefaultBodyLimit::disable()))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Backup {
+    /// Made by a schedule (and so subject to its retention).
+    pub scheduled: bool,
     pub id: String,
     pub vm_id: String,
     pub vm_name: String,
@@ -75,6 +81,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
     let path: String = r.get(4)?;
     let size: i64 = r.get(5)?;
     Ok(Backup {
+        scheduled: r.get(7)?,
         id: r.get(0)?,
         vm_id: r.get(1)?,
         vm_name: r.get(2)?,
@@ -91,13 +98,15 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
 }
 
 const COLUMNS: &str = "id, vm_id, vm_name, owner, path, size_bytes, created_at";
+/// What `from_row` reads.
+const SELECT: &str = "id, vm_id, vm_name, owner, path, size_bytes, created_at, scheduled";
 
 async fn owned(state: &AppState, user: &SessionUser, id: &str) -> ApiResult<Backup> {
     let i = id.to_string();
     let found = state
         .store
         .call(move |c| {
-            Ok(c.query_row(&format!("SELECT {COLUMNS} FROM backups WHERE id = ?1"), [i], from_row)
+            Ok(c.query_row(&format!("SELECT {SELECT} FROM backups WHERE id = ?1"), [i], from_row)
                 .optional()?)
         })
         .await?;
@@ -172,8 +181,23 @@ async fn create_backup(
 ) -> ApiResult<Json<BackupResponse>> {
     audit.action("backup.create").target(&vm_id);
     crate::vms::owned(&state, &user, &vm_id).await?;
-    let _guard = state.vms.lock(&vm_id).await;
-    let vm = state.vms.get(&vm_id).await?;
+    let backup = backup_vm(&state, &vm_id, &user.username, false).await?;
+    audit.details(&backup.id);
+    Ok(Json(BackupResponse {
+        success: true,
+        message: format!("Backup of {} created", backup.vm_name),
+        id: backup.id,
+        backup_name: backup.backup_name,
+        size_mb: backup.size_mb,
+        vm_name: backup.vm_name,
+    }))
+}
+
+/// Takes one backup of a VM (under its lock) and records it. `scheduled` backups are the ones a
+/// schedule's retention may prune.
+pub async fn backup_vm(state: &AppState, vm_id: &str, owner: &str, scheduled: bool) -> ApiResult<Backup> {
+    let _guard = state.vms.lock(vm_id).await;
+    let vm = state.vms.get(vm_id).await?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let backups_dir = state.settings.data_dir.join("backups");
     let work =
@@ -183,7 +207,7 @@ async fn create_backup(
     let disk = vm_dir.join("disk0.qcow2");
     if state.vms.is_running(&vm).await? {
         let copy = work.path().join("disk0.qcow2");
-        live_copy(&state, &vm, &copy).await?;
+        live_copy(state, &vm, &copy).await?;
         files.push(("disk0.qcow2".into(), copy));
     } else if disk.exists() {
         if storage::backing_file(&state.vms.qemu_img, &disk).await.is_some() {
@@ -224,19 +248,16 @@ async fn create_backup(
         .context("backup task failed")??;
     std::fs::rename(&tmp, &target).context("moving the backup into place")?;
     let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
-    let (i, v, n, o, p) = (
-        id.clone(),
-        vm.id.clone(),
-        vm.spec.name.clone(),
-        user.username.clone(),
-        target.display().to_string(),
-    );
+    let (i, v, n, o, p) =
+        (id.clone(), vm.id.clone(), vm.spec.name.clone(), owner.to_string(), target.display().to_string());
     let inserted = state
         .store
         .call(move |c| {
             c.execute(
-                &format!("INSERT INTO backups ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                params![i, v, n, o, p, size as i64, stamp],
+                &format!(
+                    "INSERT INTO backups ({COLUMNS}, scheduled) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![i, v, n, o, p, size as i64, stamp, scheduled],
             )?;
             Ok(())
         })
@@ -245,16 +266,26 @@ async fn create_backup(
         let _ = std::fs::remove_file(&target);
         return Err(e.into());
     }
-    audit.details(&id);
-    let backup = owned(&state, &user, &id).await?;
-    Ok(Json(BackupResponse {
-        success: true,
-        message: format!("Backup of {} created", vm.spec.name),
-        id,
-        backup_name: backup.backup_name,
-        size_mb: backup.size_mb,
-        vm_name: vm.spec.name,
-    }))
+    get(state, &id).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("backup vanished")))
+}
+
+async fn get(state: &AppState, id: &str) -> ApiResult<Option<Backup>> {
+    let i = id.to_string();
+    Ok(state
+        .store
+        .call(move |c| {
+            Ok(c.query_row(&format!("SELECT {SELECT} FROM backups WHERE id = ?1"), [i], from_row)
+                .optional()?)
+        })
+        .await?)
+}
+
+/// Removes a backup's record and archive.
+pub async fn remove(state: &AppState, backup: &Backup) -> ApiResult<()> {
+    let i = backup.id.clone();
+    state.store.call(move |c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [i])?)).await?;
+    let _ = std::fs::remove_file(&backup.path);
+    Ok(())
 }
 
 /// Backups you may see, newest first.
@@ -268,7 +299,7 @@ async fn list_backups(
         .store
         .call(|c| {
             let mut stmt =
-                c.prepare(&format!("SELECT {COLUMNS} FROM backups ORDER BY created_at DESC, id"))?;
+                c.prepare(&format!("SELECT {SELECT} FROM backups ORDER BY created_at DESC, id"))?;
             let rows = stmt.query_map([], from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -308,9 +339,7 @@ async fn delete_backup(
 ) -> ApiResult<Json<Message>> {
     audit.action("backup.delete").target(&backup_id);
     let backup = owned(&state, &user, &backup_id).await?;
-    let i = backup_id.clone();
-    state.store.call(move |c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [i])?)).await?;
-    let _ = std::fs::remove_file(&backup.path);
+    remove(&state, &backup).await?;
     Ok(Message::ok(format!("Backup {} deleted", backup.backup_name)))
 }
 
@@ -442,4 +471,94 @@ async fn restore_as_new(
         return Err(e.into());
     }
     Ok(record)
+}
+
+/// Restore an uploaded backup archive as a new VM (multipart: `file`, optional `new_name`). The
+/// archive is kept as a backup and verified in full before anything is created.
+#[utoipa::path(post, path = "/api/vms/restore", tag = "backups", security(("bearer" = [])),
+    request_body(content_type = "multipart/form-data", description = "`file`: the archive; `new_name`: optional"),
+    responses(
+        (status = 200, body = VmActionResponse),
+        (status = 400, description = "No file, or a damaged archive", body = ErrorBody),
+    ))]
+async fn upload_and_restore(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    mut multipart: Multipart,
+) -> ApiResult<Json<VmActionResponse>> {
+    audit.action("backup.upload_restore");
+    let backups_dir = state.settings.data_dir.join("backups");
+    let upload =
+        tempfile::Builder::new().prefix(".upload-").tempfile_in(&backups_dir).context("upload file")?;
+    let mut new_name: Option<String> = None;
+    let mut received = false;
+    while let Some(mut field) =
+        multipart.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))?
+    {
+        match field.name() {
+            Some("file") => {
+                let mut out = tokio::fs::File::create(upload.path()).await.context("writing the upload")?;
+                while let Some(chunk) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?
+                {
+                    tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                        .await
+                        .context("writing the upload")?;
+                }
+                tokio::io::AsyncWriteExt::flush(&mut out).await.context("writing the upload")?;
+                received = true;
+            }
+            Some("new_name") => {
+                new_name =
+                    Some(field.text().await.map_err(|e| ApiError::BadRequest(format!("new_name: {e}")))?);
+            }
+            _ => {}
+        }
+    }
+    if !received {
+        return Err(ApiError::BadRequest("file: no archive in the upload (multipart field `file`)".into()));
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(".restore-")
+        .tempdir_in(&state.vms.vms_dir)
+        .context("staging directory")?;
+    let (archive_path, dir) = (upload.path().to_path_buf(), staging.path().to_path_buf());
+    let manifest = tokio::task::spawn_blocking(move || archive::extract_verified(&archive_path, &dir))
+        .await
+        .context("restore task failed")?
+        .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
+    // Keep the uploaded archive as a backup of its own.
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let stamp = now_unix();
+    let target = backups_dir.join(format!("fastvm-{}-{stamp}-{id}.tar.zst", slug(&manifest.vm_name)));
+    upload.persist(&target).map_err(|e| ApiError::Internal(anyhow::Error::from(e.error)))?;
+    let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+    let (i, v, n, o, p) = (
+        id.clone(),
+        manifest.vm_id.clone(),
+        manifest.vm_name.clone(),
+        user.username.clone(),
+        target.display().to_string(),
+    );
+    state
+        .store
+        .call(move |c| {
+            c.execute(
+                &format!("INSERT INTO backups ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![i, v, n, o, p, size as i64, stamp],
+            )?;
+            Ok(())
+        })
+        .await?;
+    let name = new_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| manifest.vm_name.clone());
+    let vm = restore_as_new(&state, &user, manifest, name, staging.path()).await?;
+    audit.target(&vm.id);
+    Ok(Json(VmActionResponse {
+        success: true,
+        message: format!("Restored as {}", vm.spec.name),
+        vm: (&vm).into(),
+    }))
 }

@@ -105,7 +105,18 @@ const MIGRATIONS: &[&str] = &[
         owner      TEXT NOT NULL,
         path       TEXT NOT NULL,
         size_bytes INTEGER NOT NULL,
-        created_at INTEGER NOT NULL
+        created_at INTEGER NOT NULL,
+        scheduled  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE backup_schedules (
+        vm_id         TEXT PRIMARY KEY NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        owner         TEXT NOT NULL,
+        cron          TEXT,
+        interval_secs INTEGER,
+        keep          INTEGER NOT NULL,
+        next_run      INTEGER NOT NULL,
+        last_run      INTEGER,
+        last_error    TEXT
     );
     "#,
 ];

@@ -1,0 +1,234 @@
+//! Backup schedules: `/api/vms/{vm_id}/backup-schedule`, a cron expression or an interval, and how
+//! many scheduled backups to keep. A background task takes the due backups and prunes the oldest
+//! scheduled ones beyond `keep` once a new one has succeeded.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{Backup, backup_vm, remove};
+use crate::audit::Audit;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::Message;
+use crate::state::AppState;
+use crate::store::{now_unix, rfc3339};
+
+/// How often due schedules are looked for.
+pub const TICK: Duration = Duration::from_secs(2);
+const MAX_KEEP: u32 = 1000;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_schedule, set_schedule, delete_schedule))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// A cron expression (minute hour day month weekday, UTC), e.g. `0 3 * * *`.
+    pub cron: Option<String>,
+    /// Or: every this many seconds.
+    pub interval: Option<u64>,
+    /// Scheduled backups kept (1-1000); older ones are deleted after a new one succeeds.
+    pub keep: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Schedule {
+    pub vm_id: String,
+    pub cron: Option<String>,
+    pub interval: Option<u64>,
+    pub keep: u32,
+    pub next_run: String,
+    pub last_run: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleResponse {
+    pub success: bool,
+    pub message: String,
+    pub schedule: Schedule,
+}
+
+/// The next time after `after` (unix seconds) a schedule fires.
+fn next_run(cron: Option<&str>, interval: Option<u64>, after: i64) -> Result<i64, String> {
+    match (cron, interval) {
+        (Some(expr), None) => {
+            let cron = croner::Cron::from_str(expr).map_err(|e| format!("cron: {e}"))?;
+            let from = chrono::DateTime::from_timestamp(after, 0).ok_or("cron: bad time")?;
+            let next = cron.find_next_occurrence(&from, false).map_err(|e| format!("cron: {e}"))?;
+            Ok(next.timestamp())
+        }
+        (None, Some(secs)) if (1..=366 * 86_400).contains(&secs) => Ok(after + secs as i64),
+        (None, Some(_)) => Err("interval: must be 1 second to 366 days".into()),
+        _ => Err("cron, interval: give exactly one of them".into()),
+    }
+}
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
+    Ok(Schedule {
+        vm_id: r.get(0)?,
+        cron: r.get(1)?,
+        interval: r.get::<_, Option<i64>>(2)?.map(|i| i.max(0) as u64),
+        keep: r.get(3)?,
+        next_run: rfc3339(r.get(4)?),
+        last_run: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+        last_error: r.get(6)?,
+    })
+}
+
+const SELECT: &str =
+    "SELECT vm_id, cron, interval_secs, keep, next_run, last_run, last_error FROM backup_schedules";
+
+async fn load(state: &AppState, vm_id: &str) -> ApiResult<Option<Schedule>> {
+    let v = vm_id.to_string();
+    Ok(state
+        .store
+        .call(move |c| Ok(c.query_row(&format!("{SELECT} WHERE vm_id = ?1"), [v], from_row).optional()?))
+        .await?)
+}
+
+/// The VM's backup schedule.
+#[utoipa::path(get, path = "/api/vms/{vm_id}/backup-schedule", tag = "backups", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+async fn get_schedule(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<Schedule>> {
+    crate::vms::owned(&state, &user, &vm_id).await?;
+    load(&state, &vm_id).await?.map(Json).ok_or_else(|| ApiError::NotFound("No backup schedule".into()))
+}
+
+/// Set (or replace) the VM's backup schedule.
+#[utoipa::path(post, path = "/api/vms/{vm_id}/backup-schedule", tag = "backups", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), request_body = ScheduleRequest,
+    responses((status = 200, body = ScheduleResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_schedule(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+    ApiJson(req): ApiJson<ScheduleRequest>,
+) -> ApiResult<Json<ScheduleResponse>> {
+    audit.action("backup.schedule").target(&vm_id);
+    crate::vms::owned(&state, &user, &vm_id).await?;
+    if !(1..=MAX_KEEP).contains(&req.keep) {
+        return Err(ApiError::BadRequest(format!("keep: must be 1 to {MAX_KEEP}")));
+    }
+    let next = next_run(req.cron.as_deref(), req.interval, now_unix()).map_err(ApiError::BadRequest)?;
+    let (v, o) = (vm_id.clone(), user.username.clone());
+    state
+        .store
+        .call(move |c| {
+            c.execute(
+                "INSERT INTO backup_schedules (vm_id, owner, cron, interval_secs, keep, next_run) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(vm_id) DO UPDATE SET owner = ?2, cron = ?3, interval_secs = ?4, keep = ?5, next_run = ?6, last_error = NULL",
+                params![v, o, req.cron, req.interval.map(|i| i as i64), req.keep, next],
+            )?;
+            Ok(())
+        })
+        .await?;
+    let schedule = load(&state, &vm_id).await?.ok_or_else(|| ApiError::NotFound("VM not found".into()))?;
+    Ok(Json(ScheduleResponse { success: true, message: "Backup schedule set".into(), schedule }))
+}
+
+/// Remove the VM's backup schedule (its backups stay).
+#[utoipa::path(delete, path = "/api/vms/{vm_id}/backup-schedule", tag = "backups", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
+async fn delete_schedule(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<Message>> {
+    audit.action("backup.unschedule").target(&vm_id);
+    crate::vms::owned(&state, &user, &vm_id).await?;
+    let v = vm_id.clone();
+    let n = state
+        .store
+        .call(move |c| Ok(c.execute("DELETE FROM backup_schedules WHERE vm_id = ?1", [v])?))
+        .await?;
+    if n == 0 {
+        return Err(ApiError::NotFound("No backup schedule".into()));
+    }
+    Ok(Message::ok("Backup schedule removed"))
+}
+
+/// (vm_id, owner, cron, interval in seconds, keep) of a schedule whose time has come.
+type DueSchedule = (String, String, Option<String>, Option<i64>, u32);
+
+/// Takes every due backup and applies retention. Called by the scheduler task every `TICK`.
+pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
+    let now = now_unix();
+    let due: Vec<DueSchedule> = state
+        .store
+        .call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT vm_id, owner, cron, interval_secs, keep FROM backup_schedules WHERE next_run <= ?1",
+            )?;
+            let rows =
+                stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    for (vm_id, owner, cron, interval, keep) in due {
+        let result = backup_vm(state, &vm_id, &owner, true).await;
+        let error = match &result {
+            Ok(_) => {
+                prune(state, &vm_id, keep).await;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(vm_id, error = %e, "scheduled backup failed");
+                Some(e.to_string())
+            }
+        };
+        let finished = now_unix();
+        let next = next_run(cron.as_deref(), interval.map(|i| i.max(1) as u64), finished)
+            .unwrap_or(finished + 86_400);
+        state
+            .store
+            .call(move |c| {
+                c.execute(
+                    "UPDATE backup_schedules SET last_run = ?2, next_run = ?3, last_error = ?4 WHERE vm_id = ?1",
+                    params![vm_id, finished, next, error],
+                )?;
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the VM's oldest scheduled backups beyond `keep`.
+async fn prune(state: &AppState, vm_id: &str, keep: u32) {
+    let v = vm_id.to_string();
+    let old: Vec<String> = state
+        .store
+        .call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id FROM backups WHERE vm_id = ?1 AND scheduled = 1 ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?2",
+            )?;
+            let rows = stmt.query_map(params![v, keep], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap_or_default();
+    for id in old {
+        if let Ok(Some(backup)) = super::get(state, &id).await {
+            let backup: Backup = backup;
+            if let Err(e) = remove(state, &backup).await {
+                tracing::warn!(backup = id, error = %e, "pruning a backup failed");
+            }
+        }
+    }
+}
