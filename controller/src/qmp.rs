@@ -81,3 +81,36 @@ pub async fn status(socket: &Path) -> Option<String> {
 pub async fn command(socket: &Path, command: &str, arguments: Option<Value>) -> anyhow::Result<Value> {
     Qmp::connect(socket).await?.execute(command, arguments).await
 }
+
+/// Runs a QMP job command to its end: adds a `job-id` (and `auto-dismiss: false`, so a failure can
+/// be read), polls `query-jobs` until the job concludes, dismisses it, and reports its error.
+pub async fn run_job(
+    socket: &Path,
+    command: &str,
+    mut arguments: Value,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let job_id = format!("fastvm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    arguments["job-id"] = json!(job_id);
+    if command == "blockdev-backup" {
+        arguments["auto-dismiss"] = json!(false);
+    }
+    self::command(socket, command, Some(arguments)).await?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let jobs = self::command(socket, "query-jobs", None).await?;
+        let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["id"] == job_id.as_str())).cloned();
+        match job {
+            Some(j) if j["status"] == "concluded" => {
+                let _ = self::command(socket, "job-dismiss", Some(json!({"id": job_id}))).await;
+                return match j["error"].as_str() {
+                    Some(e) => Err(anyhow::anyhow!("{command}: {e}")),
+                    None => Ok(()),
+                };
+            }
+            None => bail!("{command}: the job disappeared"),
+            _ if std::time::Instant::now() > deadline => bail!("{command}: still running after {timeout:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

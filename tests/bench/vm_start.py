@@ -7,20 +7,12 @@ Needs release binaries (cargo build --release), the test guest ISO (scripts/test
 for docker, the vmrunner image (scripts/build-images.sh).
 Talks only to 127.0.0.1 and to unix sockets in its own temporary directory.
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import FASTVM, VMRUNNER, api, server
+
 ISO = os.environ.get("FASTVM_TEST_GUEST_ISO", "/var/cache/fastvm/guest/fastvm-test-guest.iso")
 READY = b"FASTVM-GUEST-READY"
-
-
-def api(base, method, path, token=None, body=None):
-    req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode())
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return json.loads(r.read() or b"null")
 
 
 def ready_count(run_dir):
@@ -61,41 +53,28 @@ def median(xs):
 def bench_runtime(runtime, fastvm, vmrunner, args):
     """Times API starts on one runtime; for the process runtime also raw QEMU on the same argv."""
     data = tempfile.mkdtemp(prefix="fvbench-")
-    env = dict(os.environ, FASTVM_DATA_DIR=data, FASTVM_ACCEL=args.accel, FASTVM_BCRYPT_COST="4",
-               FASTVM_RUNTIME=runtime, FASTVM_VMRUNNER=vmrunner,
-               FASTVM_ISO_DIRS=os.path.dirname(ISO), FASTVM_PORT_FORWARD_BIND="127.0.0.1", FASTVM_LOG_FORMAT="json")
-    port = socket.socket(); port.bind(("127.0.0.1", 0)); listen = port.getsockname(); port.close()
-    server = subprocess.Popen([fastvm, "serve", "--listen", f"{listen[0]}:{listen[1]}"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://{listen[0]}:{listen[1]}"
     out = {}
     try:
-        for _ in range(200):
-            try:
-                api(base, "GET", "/api/health"); break
-            except OSError:
-                time.sleep(0.05)
-        token = api(base, "POST", "/api/auth/login", body={"username": "admin", "password": "admin"})["access_token"]
-        vm = api(base, "POST", "/api/vms", token, {"name": "bench", "memory": 256, "cpus": 1, "disk_size": 1,
-                 "firmware": args.firmware, "iso_path": ISO, "boot_order": ["cdrom", "disk"]})["vm"]
-        vid = vm["id"]
-        run_dir = os.path.join(data, "run", vid)
-        qmp_t, ready_t = [], []
-        for _ in range(args.runs):
-            before = ready_count(run_dir)
-            t0 = time.monotonic()
-            api(base, "POST", f"/api/vms/{vid}/start", token)
-            qmp_t.append(time.monotonic() - t0)
-            wait_ready(run_dir, before)
-            ready_t.append(time.monotonic() - t0)
-            api(base, "POST", f"/api/vms/{vid}/stop?force=true", token)
-        out[runtime] = (qmp_t, ready_t)
-        if runtime == "process":
-            out["raw QEMU"] = bench_raw(vmrunner, run_dir, args.runs)
-        api(base, "DELETE", f"/api/vms/{vid}?force=true", token)
+        with server(data, FASTVM_ACCEL=args.accel, FASTVM_RUNTIME=runtime, FASTVM_VMRUNNER=vmrunner,
+                    FASTVM_ISO_DIRS=os.path.dirname(ISO), FASTVM_PORT_FORWARD_BIND="127.0.0.1") as (base, token):
+            vm = api(base, "POST", "/api/vms", token, {"name": "bench", "memory": 256, "cpus": 1, "disk_size": 1,
+                     "firmware": args.firmware, "iso_path": ISO, "boot_order": ["cdrom", "disk"]})["vm"]
+            vid = vm["id"]
+            run_dir = os.path.join(data, "run", vid)
+            qmp_t, ready_t = [], []
+            for _ in range(args.runs):
+                before = ready_count(run_dir)
+                t0 = time.monotonic()
+                api(base, "POST", f"/api/vms/{vid}/start", token)
+                qmp_t.append(time.monotonic() - t0)
+                wait_ready(run_dir, before)
+                ready_t.append(time.monotonic() - t0)
+                api(base, "POST", f"/api/vms/{vid}/stop?force=true", token)
+            out[runtime] = (qmp_t, ready_t)
+            if runtime == "process":
+                out["raw QEMU"] = bench_raw(vmrunner, run_dir, args.runs)
+            api(base, "DELETE", f"/api/vms/{vid}?force=true", token)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
     return out
 
@@ -132,8 +111,7 @@ def main():
     ap.add_argument("--firmware", default="uefi")
     ap.add_argument("--runtimes", default="process,docker", help="comma-separated: process, docker")
     args = ap.parse_args()
-    fastvm = os.path.join(ROOT, "target/release/fastvm")
-    vmrunner = os.path.join(ROOT, "target/release/vmrunner")
+    fastvm, vmrunner = FASTVM, VMRUNNER
     for b in (fastvm, vmrunner, ISO):
         if not os.path.exists(b):
             sys.exit(f"missing {b}: run cargo build --release and scripts/test.sh first")

@@ -6,7 +6,7 @@ pub mod archive;
 pub mod schedule;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Json;
@@ -31,7 +31,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
-use crate::vms::model::{VmActionResponse, VmRecord, VmStatus};
+use crate::vms::model::{VmActionResponse, VmRecord};
 use crate::{qmp, storage};
 use archive::Manifest;
 
@@ -137,34 +137,14 @@ async fn live_copy(state: &AppState, vm: &VmRecord, target: &Path) -> ApiResult<
     )
     .await
     .map_err(failed)?;
-    let job_id = node.clone();
-    let result = async {
-        qmp::command(
-            &sock,
-            "blockdev-backup",
-            Some(json!({"device": "disk0", "target": node, "sync": "full", "job-id": job_id, "auto-dismiss": false})),
-        )
-        .await
-        .map_err(failed)?;
-        let deadline = Instant::now() + JOB_TIMEOUT;
-        loop {
-            let jobs = qmp::command(&sock, "query-jobs", None).await.map_err(failed)?;
-            let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["id"] == job_id.as_str())).cloned();
-            match job {
-                Some(j) if j["status"] == "concluded" => {
-                    let _ = qmp::command(&sock, "job-dismiss", Some(json!({"id": job_id}))).await;
-                    return match j["error"].as_str() {
-                        Some(e) => Err(ApiError::Operation(format!("live backup: {e}"))),
-                        None => Ok(()),
-                    };
-                }
-                None => return Err(ApiError::Operation("live backup: the job disappeared".into())),
-                _ if Instant::now() > deadline => return Err(ApiError::Operation("live backup timed out".into())),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-    .await;
+    let result = qmp::run_job(
+        &sock,
+        "blockdev-backup",
+        json!({"device": "disk0", "target": node, "sync": "full"}),
+        JOB_TIMEOUT,
+    )
+    .await
+    .map_err(failed);
     let _ = qmp::command(&sock, "blockdev-del", Some(json!({"node-name": node}))).await;
     result
 }
@@ -451,20 +431,7 @@ async fn restore_as_new(
     state.vms.normalize(&mut spec)?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     std::fs::rename(staging, state.vms.vms_dir.join(&id)).context("moving the restored files into place")?;
-    let now = now_unix();
-    let record = VmRecord {
-        id: id.clone(),
-        owner: user.username.clone(),
-        uuid: uuid::Uuid::new_v4().to_string(),
-        spec,
-        runtime: state.vms.runtime.name().to_string(),
-        status: VmStatus::Stopped,
-        accel: None,
-        started_at: None,
-        last_error: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let record = VmRecord::new_stopped(id.clone(), &user.username, spec, state.vms.runtime.name());
     let r = record.clone();
     if let Err(e) = state.store.call(move |c| Ok(crate::vms::store::insert(c, &r)?)).await {
         let _ = std::fs::remove_dir_all(state.vms.vms_dir.join(&id));

@@ -3,7 +3,7 @@
 //! running guest exactly where it was.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -137,37 +137,16 @@ async fn offline(state: &AppState, disks: &[Disk], op: &str, tag: &str, undo: Op
 }
 
 /// Runs a QMP snapshot job to its end.
-async fn job(state: &AppState, vm_id: &str, command: &str, mut args: Value) -> ApiResult<()> {
+async fn job(state: &AppState, vm_id: &str, command: &str, args: Value) -> ApiResult<()> {
     let sock = state.vms.run_dirs.qmp(vm_id);
-    let job_id = format!("fastvm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    args["job-id"] = json!(job_id);
-    let failed = |e: anyhow::Error| ApiError::Operation(format!("{command}: {e:#}"));
-    qmp::command(&sock, command, Some(args)).await.map_err(failed)?;
-    let deadline = Instant::now() + JOB_TIMEOUT;
-    loop {
-        let jobs = qmp::command(&sock, "query-jobs", None).await.map_err(failed)?;
-        let this = jobs.as_array().and_then(|l| l.iter().find(|j| j["id"] == job_id.as_str())).cloned();
-        match this {
-            Some(j) if j["status"] == "concluded" => {
-                let _ = qmp::command(&sock, "job-dismiss", Some(json!({"id": job_id}))).await;
-                // A failed snapshot-load leaves the guest paused; it must not stay that way.
-                if let Ok(status) = qmp::command(&sock, "query-status", None).await {
-                    if status["status"] != "running" {
-                        let _ = qmp::command(&sock, "cont", None).await;
-                    }
-                }
-                return match j["error"].as_str() {
-                    Some(e) => Err(ApiError::Operation(format!("{command}: {e}"))),
-                    None => Ok(()),
-                };
-            }
-            None => return Err(ApiError::Operation(format!("{command}: the job disappeared"))),
-            _ if Instant::now() > deadline => {
-                return Err(ApiError::Operation(format!("{command}: still running after {JOB_TIMEOUT:?}")));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+    let result = qmp::run_job(&sock, command, args, JOB_TIMEOUT).await;
+    // The guest is paused while its RAM is written; whatever happened, it must not stay paused.
+    if let Ok(status) = qmp::command(&sock, "query-status", None).await {
+        if status["status"] == "paused" {
+            let _ = qmp::command(&sock, "cont", None).await;
         }
     }
+    result.map_err(|e| ApiError::Operation(format!("{e:#}")))
 }
 
 /// Snapshots of a VM, oldest first.

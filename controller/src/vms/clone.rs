@@ -8,11 +8,10 @@ use rusqlite::params;
 use vmrunner::VmSpec;
 
 use super::manager::VmManager;
-use super::model::{VmRecord, VmStatus};
+use super::model::VmRecord;
 use super::store;
 use crate::error::{ApiError, ApiResult};
 use crate::storage;
-use crate::store::now_unix;
 
 impl VmManager {
     fn base_dir(&self) -> PathBuf {
@@ -77,20 +76,7 @@ impl VmManager {
                 std::fs::copy(&from, clone_dir.join(file)).map_err(anyhow::Error::from)?;
             }
         }
-        let now = now_unix();
-        let record = VmRecord {
-            id: clone_id.clone(),
-            owner: owner.to_string(),
-            uuid: uuid::Uuid::new_v4().to_string(),
-            spec,
-            runtime: self.runtime.name().to_string(),
-            status: VmStatus::Stopped,
-            accel: None,
-            started_at: None,
-            last_error: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let record = VmRecord::new_stopped(clone_id, owner, spec, self.runtime.name());
         let r = record.clone();
         if let Err(e) = self.store.call(move |c| Ok(store::insert(c, &r)?)).await {
             let _ = std::fs::remove_dir_all(&clone_dir);

@@ -187,20 +187,7 @@ impl VmManager {
         let id = new_id();
         self.normalize(&mut spec)?;
         self.check_conflicts(&id, &spec).await?;
-        let now = now_unix();
-        let record = VmRecord {
-            id: id.clone(),
-            owner: owner.to_string(),
-            uuid: uuid::Uuid::new_v4().to_string(),
-            spec,
-            runtime: self.runtime.name().to_string(),
-            status: VmStatus::Stopped,
-            accel: None,
-            started_at: None,
-            last_error: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let record = VmRecord::new_stopped(id, owner, spec, self.runtime.name());
         let r = record.clone();
         self.store.call(move |c| Ok(store::insert(c, &r)?)).await.map_err(unique_to_conflict)?;
         Ok(record)

@@ -39,6 +39,26 @@ pub struct VmRecord {
     pub updated_at: i64,
 }
 
+impl VmRecord {
+    /// A new, stopped VM with a fresh UUID.
+    pub fn new_stopped(id: String, owner: &str, spec: VmSpec, runtime: &str) -> VmRecord {
+        let now = crate::store::now_unix();
+        VmRecord {
+            id,
+            owner: owner.to_string(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            spec,
+            runtime: runtime.to_string(),
+            status: VmStatus::Stopped,
+            accel: None,
+            started_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A VM as the API returns it: the spec's fields (as the client sent them, with generated MACs and
 /// ids filled in) plus what the controller knows about it.
 #[derive(Debug, Serialize, ToSchema)]
