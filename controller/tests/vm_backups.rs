@@ -18,23 +18,7 @@ async fn live_backup_restores_as_a_new_vm_that_boots_with_the_data() -> TestResu
     let Some(iso) = guest_iso() else { return Ok(()) };
     let s = TestServer::start().await;
     let admin = s.admin_token().await;
-    let (_, body) = s
-        .post(
-            "/api/vms",
-            &admin,
-            json!({"name": "backed up", "memory": 256, "cpus": 1, "disk_size": 1, "firmware": "bios",
-                   "iso_path": iso, "boot_order": ["cdrom", "disk"]}),
-        )
-        .await;
-    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
-    let run_dir = s.data_dir.path().join("run").join(&id);
-    let (status, _) = s.call(Method::POST, &format!("/api/vms/{id}/start"), Some(&admin), None).await;
-    assert_eq!(status, StatusCode::OK);
-    tokio::task::spawn_blocking({
-        let run_dir = run_dir.clone();
-        move || wait_serial(&run_dir, "FASTVM-GUEST-READY", 1, BOOT)
-    })
-    .await?;
+    let (id, run_dir) = s.boot_guest(&admin, "backed up", &iso).await;
     // Data written by the running guest straight onto its disk.
     type_on_serial(&run_dir, "echo FASTVM-BACKUP-MARK | dd of=/dev/vda conv=fsync && echo WROTE-MARK")?;
     tokio::task::spawn_blocking({

@@ -6,12 +6,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::guest::{guest_iso, type_on_serial, wait_serial};
+use common::guest::{guest_iso, type_on_serial};
 use common::{TestResult, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-
-const BOOT: Duration = Duration::from_secs(180);
 
 fn qemu_io(disk: &std::path::Path, cmd: &str) -> Result<String, String> {
     let out = Command::new("qemu-io").arg("-c").arg(cmd).arg(disk).output().map_err(|e| e.to_string())?;
@@ -78,23 +76,7 @@ async fn live_snapshot_restores_a_running_guest_where_it_was() -> TestResult {
     let Some(iso) = guest_iso() else { return Ok(()) };
     let s = TestServer::start().await;
     let admin = s.admin_token().await;
-    let (_, body) = s
-        .post(
-            "/api/vms",
-            &admin,
-            json!({"name": "live snap", "memory": 256, "cpus": 1, "disk_size": 1, "firmware": "bios",
-                   "iso_path": iso, "boot_order": ["cdrom", "disk"]}),
-        )
-        .await;
-    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
-    let run_dir = s.data_dir.path().join("run").join(&id);
-    let (status, _) = s.call(Method::POST, &format!("/api/vms/{id}/start"), Some(&admin), None).await;
-    assert_eq!(status, StatusCode::OK);
-    tokio::task::spawn_blocking({
-        let run_dir = run_dir.clone();
-        move || wait_serial(&run_dir, "FASTVM-GUEST-READY", 1, BOOT)
-    })
-    .await?;
+    let (id, run_dir) = s.boot_guest(&admin, "live snap", &iso).await;
 
     // The marker lives in the guest's RAM only (its root is an initramfs).
     type_on_serial(&run_dir, "echo BEFORE-SNAP > /tmp/marker")?;

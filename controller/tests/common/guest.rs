@@ -46,6 +46,17 @@ pub fn wait_serial(run_dir: &Path, marker: &str, count: usize, timeout: Duration
     }
 }
 
+/// How long a guest may take to boot under TCG on a busy two-core machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `wait_serial` without blocking the async runtime.
+pub async fn wait_serial_async(run_dir: &Path, marker: &str, count: usize, timeout: Duration) -> String {
+    let (run_dir, marker) = (run_dir.to_path_buf(), marker.to_string());
+    tokio::task::spawn_blocking(move || wait_serial(&run_dir, &marker, count, timeout))
+        .await
+        .expect("serial wait")
+}
+
 /// Types a command line into the guest's serial console.
 pub fn type_on_serial(run_dir: &Path, line: &str) -> std::io::Result<()> {
     let mut s = UnixStream::connect(run_dir.join("serial.sock"))?;

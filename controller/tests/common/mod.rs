@@ -138,6 +138,32 @@ impl TestServer {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
+    /// Creates a small BIOS VM booting the test guest ISO, starts it and waits for the guest to be
+    /// READY; returns its id and run directory.
+    pub async fn boot_guest(
+        &self,
+        token: &str,
+        name: &str,
+        iso: &std::path::Path,
+    ) -> (String, std::path::PathBuf) {
+        let (status, body) = self
+            .post(
+                "/api/vms",
+                token,
+                json!({"name": name, "memory": 256, "cpus": 1, "disk_size": 1, "firmware": "bios",
+                       "iso_path": iso, "boot_order": ["cdrom", "disk"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["vm"]["id"].as_str().expect("vm id").to_string();
+        let run_dir = self.data_dir.path().join("run").join(&id);
+        let (status, body) =
+            self.call(Method::POST, &format!("/api/vms/{id}/start"), Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        guest::wait_serial_async(&run_dir, "FASTVM-GUEST-READY", 1, guest::BOOT_TIMEOUT).await;
+        (id, run_dir)
+    }
+
     pub async fn create_user(&self, admin: &str, username: &str, password: &str, is_admin: bool) {
         let (status, body) = self
             .post(
