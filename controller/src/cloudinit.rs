@@ -183,7 +183,7 @@ async fn create_seed(
     ApiJson(req): ApiJson<CloudInitRequest>,
 ) -> ApiResult<Json<CloudInitResponse>> {
     audit.action("cloudinit.create").target(&req.hostname);
-    let instance_id = format!("fastvm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let instance_id = format!("fastvm-{}", crate::vms::manager::new_id());
     let hostname = req.hostname.clone();
     let (user_data, meta_data, network_config) = seed_files(req, &instance_id)?;
     let work = tempfile::tempdir().context("creating a work directory")?;

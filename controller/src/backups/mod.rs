@@ -178,7 +178,7 @@ async fn create_backup(
 pub async fn backup_vm(state: &AppState, vm_id: &str, owner: &str, scheduled: bool) -> ApiResult<Backup> {
     let _guard = state.vms.lock(vm_id).await;
     let vm = state.vms.get(vm_id).await?;
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let id = crate::vms::manager::new_id();
     let backups_dir = state.settings.data_dir.join("backups");
     let work =
         tempfile::Builder::new().prefix(".backup-").tempdir_in(&backups_dir).context("work directory")?;
@@ -429,7 +429,7 @@ async fn restore_as_new(
         }
     }
     state.vms.normalize(&mut spec)?;
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let id = crate::vms::manager::new_id();
     std::fs::rename(staging, state.vms.vms_dir.join(&id)).context("moving the restored files into place")?;
     let record = VmRecord::new_stopped(id.clone(), &user.username, spec, state.vms.runtime.name());
     let r = record.clone();
@@ -498,7 +498,7 @@ async fn upload_and_restore(
         .context("restore task failed")?
         .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
     // Keep the uploaded archive as a backup of its own.
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let id = crate::vms::manager::new_id();
     let stamp = now_unix();
     let target = backups_dir.join(format!("fastvm-{}-{stamp}-{id}.tar.zst", slug(&manifest.vm_name)));
     upload.persist(&target).map_err(|e| ApiError::Internal(anyhow::Error::from(e.error)))?;

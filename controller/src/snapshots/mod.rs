@@ -223,7 +223,7 @@ async fn create_snapshot(
         return Err(ApiError::Conflict(format!("name: this VM already has a snapshot called {}", req.name)));
     }
     let disks = disks(&state, &vm).await?;
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let id = crate::vms::manager::new_id();
     let tag = format!("fastvm-{id}");
     let running = state.vms.is_running(&vm).await?;
     if running {

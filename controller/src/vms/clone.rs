@@ -61,7 +61,7 @@ impl VmManager {
             net.port_forwards.clear();
         }
         self.normalize(&mut spec)?;
-        let clone_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let clone_id = crate::vms::manager::new_id();
         let clone_dir = self.vms_dir.join(&clone_id);
         std::fs::create_dir_all(&clone_dir).map_err(anyhow::Error::from)?;
         let result = self.share_disk(source_id, &clone_id).await;

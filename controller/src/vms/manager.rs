@@ -46,7 +46,9 @@ pub fn accel_name(a: Accel) -> &'static str {
     }
 }
 
-fn new_id() -> String {
+/// A short random id (12 hex digits) for VMs, volumes, snapshots and backups: short enough to keep
+/// unix socket paths under their 108-byte limit.
+pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 

@@ -92,7 +92,7 @@ async fn create_volume(
     if !(1..=MAX_DISK_GB).contains(&req.size_gb) {
         return Err(ApiError::BadRequest(format!("size_gb: must be 1 to {MAX_DISK_GB}")));
     }
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let id = crate::vms::manager::new_id();
     audit.target(&id);
     let path = state.settings.data_dir.join("volumes").join(format!("{id}.{}", req.format.as_str()));
     crate::storage::create_image(&state.vms.qemu_img, &path, req.format.as_str(), req.size_gb).await?;
