@@ -26,7 +26,7 @@ use crate::runtime::{RunDirs, Runtime};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
-use crate::{audit, auth, backups, cloudinit, host, http, isos, snapshots, system, vms, volumes, web};
+use crate::{audit, auth, backups, cloudinit, host, http, isos, jobs, snapshots, system, vms, volumes, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,6 +48,7 @@ use crate::{audit, auth, backups, cloudinit, host, http, isos, snapshots, system
         (name = "isos", description = "The ISO library"),
         (name = "snapshots", description = "VM snapshots, with or without RAM"),
         (name = "backups", description = "Verified backup archives, restore"),
+        (name = "jobs", description = "Long-running work (backups, restores) and its progress"),
     )
 )]
 struct ApiDoc;
@@ -72,6 +73,7 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
         .merge(isos::routes())
         .merge(snapshots::routes())
         .merge(backups::routes())
+        .merge(jobs::routes())
         .split_for_parts()
 }
 
@@ -118,6 +120,7 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         store,
         tokens: Arc::new(tokens),
         vms,
+        jobs: Arc::default(),
     };
     let scheduler = state.clone();
     tokio::spawn(async move {

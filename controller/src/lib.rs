@@ -10,6 +10,7 @@ pub mod error;
 pub mod host;
 pub mod http;
 pub mod isos;
+pub mod jobs;
 pub mod qmp;
 pub mod runtime;
 pub mod snapshots;

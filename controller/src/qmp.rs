@@ -84,11 +84,13 @@ pub async fn command(socket: &Path, command: &str, arguments: Option<Value>) -> 
 
 /// Runs a QMP job command to its end: adds a `job-id` (and `auto-dismiss: false`, so a failure can
 /// be read), polls `query-jobs` until the job concludes, dismisses it, and reports its error.
+/// `progress` gets the job's (current, total) progress as QEMU reports it.
 pub async fn run_job(
     socket: &Path,
     command: &str,
     mut arguments: Value,
     timeout: Duration,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<()> {
     let job_id = format!("fastvm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     arguments["job-id"] = json!(job_id);
@@ -109,8 +111,15 @@ pub async fn run_job(
                 };
             }
             None => bail!("{command}: the job disappeared"),
-            _ if std::time::Instant::now() > deadline => bail!("{command}: still running after {timeout:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some(j) if std::time::Instant::now() <= deadline => {
+                if let (Some(cur), Some(total)) =
+                    (j["current-progress"].as_u64(), j["total-progress"].as_u64())
+                {
+                    progress(cur, total);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(_) => bail!("{command}: still running after {timeout:?}"),
         }
     }
 }

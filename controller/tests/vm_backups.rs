@@ -26,6 +26,16 @@ async fn live_backup_restores_as_a_new_vm_that_boots_with_the_data() -> TestResu
         move || wait_serial(&run_dir, "\nWROTE-MARK", 1, Duration::from_secs(30))
     })
     .await?;
+    // A volume with data, hot-plugged: the live backup copies it too.
+    let (_, vol) = s.post("/api/volumes", &admin, json!({"name": "live-data", "size_gb": 1})).await;
+    let vol_id = vol["volume"]["id"].as_str().ok_or("id")?.to_string();
+    let vol_path = vol["volume"]["path"].as_str().ok_or("path")?.to_string();
+    assert!(
+        Command::new("qemu-io").args(["-c", "write -P 0x33 0 4M"]).arg(&vol_path).output()?.status.success()
+    );
+    let (status, body) =
+        s.call(Method::POST, &format!("/api/vms/{id}/volumes/{vol_id}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     let (status, backup) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK, "{backup}");
@@ -63,6 +73,12 @@ async fn live_backup_restores_as_a_new_vm_that_boots_with_the_data() -> TestResu
     let dump = String::from_utf8_lossy(&out.stdout);
     // qemu-io prints non-alphanumeric bytes as dots in its text column.
     assert!(dump.contains("FASTVM.BACKUP.MA"), "restored disk lacks the data: {dump}");
+    let (_, volumes) = s.get("/api/volumes", &admin).await;
+    let theirs = volumes
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["attached_to"] == new_id.as_str()))
+        .ok_or("the restored VM has no volume")?;
+    assert!(holds_pattern(std::path::Path::new(theirs["path"].as_str().ok_or("path")?), 0x33, "4M")?);
     let (status, _) =
         s.call(Method::POST, &format!("/api/vms/{id}/stop?force=true"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -210,5 +226,126 @@ async fn an_uploaded_archive_restores_as_a_new_vm_and_a_damaged_one_is_refused()
         Some(2),
         "the upload is kept as a backup"
     );
+    Ok(())
+}
+
+/// Reads `len` bytes at 0 of an image and checks they all are `pattern`.
+fn holds_pattern(image: &std::path::Path, pattern: u8, len: &str) -> Result<bool, std::io::Error> {
+    let out = Command::new("qemu-io")
+        .args(["-r", "-U", "-c", &format!("read -P {pattern:#x} 0 {len}")])
+        .arg(image)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(out.status.success() && !text.contains("Pattern verification failed") && text.contains("read "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_progress_is_readable_and_attached_volumes_come_back() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let (_, body) = s
+        .post("/api/vms", &admin, json!({"name": "with-vol", "memory": 256, "cpus": 1, "disk_size": 2}))
+        .await;
+    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let disk = s.data_dir.path().join("vms").join(&id).join("disk0.qcow2");
+    std::fs::create_dir_all(disk.parent().ok_or("dir")?)?;
+    assert!(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("2G")
+            .status()?
+            .success()
+    );
+    // Enough data that archiving takes a moment, so its progress can be watched.
+    assert!(
+        Command::new("qemu-io").args(["-c", "write -P 0x5a 0 384M"]).arg(&disk).output()?.status.success()
+    );
+    let (status, vol) = s.post("/api/volumes", &admin, json!({"name": "data", "size_gb": 1})).await;
+    assert_eq!(status, StatusCode::CREATED, "{vol}");
+    let vol_id = vol["volume"]["id"].as_str().ok_or("id")?.to_string();
+    let vol_path = std::path::PathBuf::from(vol["volume"]["path"].as_str().ok_or("path")?);
+    let (status, _) =
+        s.call(Method::POST, &format!("/api/vms/{id}/volumes/{vol_id}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        Command::new("qemu-io").args(["-c", "write -P 0x11 0 4M"]).arg(&vol_path).output()?.status.success()
+    );
+
+    // The backup runs while the test watches its job.
+    let backup_path = format!("/api/vms/{id}/backup");
+    let backup_call = s.call(Method::POST, &backup_path, Some(&admin), None);
+    let watch = async {
+        let mut seen_running = Vec::new();
+        for _ in 0..3000 {
+            let (_, jobs) = s.get("/api/jobs", &admin).await;
+            let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["vm_id"] == id.as_str())).cloned();
+            if let Some(j) = job {
+                if j["state"] == "running" {
+                    seen_running.push(j);
+                } else {
+                    return (seen_running, Some(j));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (seen_running, None)
+    };
+    let ((status, backup), (running, finished)) = tokio::join!(backup_call, watch);
+    assert_eq!(status, StatusCode::OK, "{backup}");
+    assert!(!running.is_empty(), "the job was never seen running");
+    assert!(
+        running.iter().any(|j| j["bytes_total"].as_u64().unwrap_or(0) > 384 << 20
+            && j["progress"].as_f64().is_some_and(|p| (0.0..1.0).contains(&p))),
+        "progress was readable while it ran: {running:?}"
+    );
+    let progresses: Vec<f64> = running.iter().filter_map(|j| j["progress"].as_f64()).collect();
+    assert!(progresses.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {progresses:?}");
+    let finished = finished.ok_or("the job never finished")?;
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(finished["kind"], "backup");
+    assert_eq!(finished["progress"], 1.0);
+    assert_eq!(finished["result_id"], backup["id"]);
+    let (status, one) = s.get(&format!("/api/jobs/{}", finished["id"].as_str().ok_or("id")?), &admin).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    let backup_id = backup["id"].as_str().ok_or("id")?.to_string();
+
+    // Onto the original VM: the attached volume's data comes back too.
+    assert!(
+        Command::new("qemu-io").args(["-c", "write -P 0x22 0 4M"]).arg(&vol_path).output()?.status.success()
+    );
+    let (status, body) =
+        s.call(Method::POST, &format!("/api/backups/{backup_id}/restore"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(holds_pattern(&vol_path, 0x11, "4M")?, "the volume was restored in place");
+    assert!(holds_pattern(&disk, 0x5a, "384M")?, "the disk was restored");
+
+    // As a new VM: it gets a volume of its own holding the data; the original keeps its volume.
+    let (status, restored) =
+        s.post(&format!("/api/backups/{backup_id}/restore"), &admin, json!({"new_name": "copy"})).await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    let new_id = restored["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let (_, volumes) = s.get("/api/volumes", &admin).await;
+    let volumes = volumes.as_array().ok_or("list")?;
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    let theirs =
+        volumes.iter().find(|v| v["attached_to"] == new_id.as_str()).ok_or("no volume for the copy")?;
+    assert_eq!(theirs["name"], "data");
+    assert_ne!(theirs["id"], vol_id.as_str());
+    assert!(holds_pattern(std::path::Path::new(theirs["path"].as_str().ok_or("path")?), 0x11, "4M")?);
+    assert!(volumes.iter().any(|v| v["id"] == vol_id.as_str() && v["attached_to"] == id.as_str()));
+
+    // A failed restore is a failed job, with the reason.
+    let archive = s.data_dir.path().join("backups").join(backup["backup_name"].as_str().ok_or("name")?);
+    let bytes = std::fs::read(&archive)?;
+    std::fs::write(&archive, &bytes[..bytes.len() / 2])?;
+    let (status, _) =
+        s.post(&format!("/api/backups/{backup_id}/restore"), &admin, json!({"new_name": "never"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, jobs) = s.get("/api/jobs", &admin).await;
+    let failed =
+        jobs.as_array().and_then(|l| l.iter().find(|j| j["kind"] == "restore")).ok_or("no restore job")?;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(failed["message"].as_str().is_some_and(|m| m.contains("damaged")), "{failed}");
     Ok(())
 }

@@ -6,15 +6,19 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Context, bail, ensure};
+use ring::digest::{Context as Digest, SHA256};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use vmrunner::VmSpec;
+use vmrunner::argv::DiskFormat;
 
 pub const MANIFEST: &str = "manifest.json";
 /// Large sequential reads and writes: disk images are gigabytes.
 const IO_BUFFER: usize = 1 << 20;
+/// Blocks in flight between the thread that hashes and the one that archives or writes.
+const PIPELINE_DEPTH: usize = 8;
 pub const FORMAT: &str = "fastvm-backup/1";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +26,17 @@ pub struct Member {
     pub name: String,
     pub size: u64,
     pub sha256: String,
+}
+
+/// A volume that was attached to the VM; its data is the member `member`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchivedVolume {
+    pub id: String,
+    pub name: String,
+    pub size_gb: u64,
+    pub format: DiskFormat,
+    pub slot: Option<u32>,
+    pub member: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,23 +47,13 @@ pub struct Manifest {
     pub spec: VmSpec,
     pub created_at: i64,
     pub members: Vec<Member>,
+    /// Archives written before volumes were backed up have none.
+    #[serde(default)]
+    pub volumes: Vec<ArchivedVolume>,
 }
 
-/// Hashes what passes through.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
+/// Reports bytes done of the total.
+pub type OnProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 fn header(size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
@@ -58,8 +63,97 @@ fn header(size: u64) -> tar::Header {
     h
 }
 
+/// Fills `buf` as far as the reader allows; 0 only at the end.
+fn read_block(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads a file in blocks, hashing each, and hands them on: SHA-256 (the slowest step) runs on its
+/// own core while the archiver and zstd's workers use the others.
+fn read_and_hash(mut file: File, out: SyncSender<Vec<u8>>) -> std::io::Result<(u64, String)> {
+    let mut digest = Digest::new(&SHA256);
+    let mut count = 0u64;
+    loop {
+        let mut buf = vec![0u8; IO_BUFFER];
+        let n = read_block(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        digest.update(&buf);
+        count += n as u64;
+        if out.send(buf).is_err() {
+            break; // The archiver gave up; its error is the one reported.
+        }
+    }
+    Ok((count, hex::encode(digest.finish())))
+}
+
+/// The blocks of one member as a `Read` for the tar builder, counting what passes.
+struct Blocks<'a> {
+    rx: Receiver<Vec<u8>>,
+    block: Vec<u8>,
+    pos: usize,
+    on_block: &'a mut dyn FnMut(usize),
+}
+
+impl Read for Blocks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.block.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    (self.on_block)(b.len());
+                    self.block = b;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.pos);
+        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn append_member<W: Write>(
+    builder: &mut tar::Builder<W>,
+    name: &str,
+    path: &Path,
+    on_block: &mut dyn FnMut(usize),
+) -> anyhow::Result<Member> {
+    let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let (tx, rx) = sync_channel(PIPELINE_DEPTH);
+    let (appended, hashed) = std::thread::scope(|s| {
+        let hasher = s.spawn(move || read_and_hash(file, tx));
+        let mut blocks = Blocks { rx, block: Vec::new(), pos: 0, on_block };
+        let appended = builder.append_data(&mut header(size), name, &mut blocks);
+        drop(blocks); // Unblocks the hasher if archiving stopped early.
+        (appended, hasher.join())
+    });
+    appended?;
+    let (count, sha256) = hashed.map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
+    ensure!(count == size, "{} changed size while it was archived", path.display());
+    Ok(Member { name: name.into(), size, sha256 })
+}
+
 /// Writes the archive to `out` from `(member name, file)` pairs; returns the manifest written.
-pub fn write(out: &Path, files: &[(String, PathBuf)], mut manifest: Manifest) -> anyhow::Result<Manifest> {
+pub fn write(
+    out: &Path,
+    files: &[(String, PathBuf)],
+    mut manifest: Manifest,
+    progress: OnProgress<'_>,
+) -> anyhow::Result<Manifest> {
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     // Level 1 on every core: disk images are large and often barely compressible, so speed wins.
     let mut encoder = zstd::Encoder::new(std::io::BufWriter::with_capacity(IO_BUFFER, file), 1)?;
@@ -67,22 +161,16 @@ pub fn write(out: &Path, files: &[(String, PathBuf)], mut manifest: Manifest) ->
     if workers > 1 {
         encoder.multithread(workers)?;
     }
+    let total: u64 = files.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let mut done = 0u64;
     let mut builder = tar::Builder::new(encoder);
     for (name, path) in files {
-        let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let size = f.metadata()?.len();
-        let mut reader = Hashing {
-            inner: std::io::BufReader::with_capacity(IO_BUFFER, f),
-            hasher: Sha256::new(),
-            count: 0,
+        let mut on_block = |n: usize| {
+            done += n as u64;
+            progress(done, total);
         };
-        builder.append_data(&mut header(size), name, &mut reader)?;
-        ensure!(reader.count == size, "{} changed size while it was archived", path.display());
-        manifest.members.push(Member {
-            name: name.clone(),
-            size,
-            sha256: hex::encode(reader.hasher.finalize()),
-        });
+        let member = append_member(&mut builder, name, path, &mut on_block)?;
+        manifest.members.push(member);
     }
     let bytes = serde_json::to_vec_pretty(&manifest)?;
     builder.append_data(&mut header(bytes.len() as u64), MANIFEST, bytes.as_slice())?;
@@ -90,6 +178,61 @@ pub fn write(out: &Path, files: &[(String, PathBuf)], mut manifest: Manifest) ->
     let file = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(manifest)
+}
+
+/// Hashes and writes the blocks of one extracted member (on its own thread).
+fn hash_and_write(target: &Path, blocks: Receiver<Vec<u8>>) -> std::io::Result<(u64, String)> {
+    let mut out = File::create(target)?;
+    let mut digest = Digest::new(&SHA256);
+    let mut count = 0u64;
+    for block in blocks {
+        digest.update(&block);
+        out.write_all(&block)?;
+        count += block.len() as u64;
+    }
+    Ok((count, hex::encode(digest.finish())))
+}
+
+/// Copies one tar entry to `target` in blocks, hashing on another thread; returns (size, sha256).
+fn extract_member(entry: &mut impl Read, target: &Path) -> anyhow::Result<(u64, String)> {
+    let (tx, rx) = sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+    let (read, written) = std::thread::scope(|s| {
+        let writer = s.spawn(move || hash_and_write(target, rx));
+        let read = (|| -> std::io::Result<()> {
+            loop {
+                let mut buf = vec![0u8; IO_BUFFER];
+                let n = read_block(entry, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                if tx.send(buf).is_err() {
+                    return Ok(()); // The writer failed; its error is the one reported.
+                }
+            }
+        })();
+        drop(tx);
+        (read, writer.join())
+    });
+    read?;
+    Ok(written.map_err(|_| anyhow::anyhow!("the writing thread panicked"))??)
+}
+
+/// Counts the compressed bytes read, for progress.
+struct Counting<'a, R> {
+    inner: R,
+    read: u64,
+    total: u64,
+    progress: OnProgress<'a>,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        (self.progress)(self.read, self.total);
+        Ok(n)
+    }
 }
 
 /// A member name that stays inside the extraction directory.
@@ -100,9 +243,11 @@ fn safe_name(name: &Path) -> bool {
 /// Extracts the archive into `dir` (which must be empty) and checks every member against the
 /// manifest. Any mismatch, missing or extra member, or damage is an error, and `dir` then holds
 /// nothing worth keeping.
-pub fn extract_verified(archive: &Path, dir: &Path) -> anyhow::Result<Manifest> {
+pub fn extract_verified(archive: &Path, dir: &Path, progress: OnProgress<'_>) -> anyhow::Result<Manifest> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let decoder = zstd::Decoder::new(std::io::BufReader::with_capacity(IO_BUFFER, file))
+    let total = file.metadata()?.len();
+    let counting = Counting { inner: file, read: 0, total, progress };
+    let decoder = zstd::Decoder::new(std::io::BufReader::with_capacity(IO_BUFFER, counting))
         .context("not a zstd stream")?;
     let mut tar = tar::Archive::new(decoder);
     let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
@@ -127,11 +272,9 @@ pub fn extract_verified(archive: &Path, dir: &Path) -> anyhow::Result<Manifest> 
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut out = std::io::BufWriter::with_capacity(IO_BUFFER, File::create(&target)?);
-        let mut reader = Hashing { inner: &mut entry, hasher: Sha256::new(), count: 0 };
-        std::io::copy(&mut reader, &mut out).with_context(|| format!("damaged member {name_str}"))?;
-        out.flush()?;
-        seen.insert(name_str, (reader.count, hex::encode(reader.hasher.finalize())));
+        let sum =
+            extract_member(&mut entry, &target).with_context(|| format!("damaged member {name_str}"))?;
+        seen.insert(name_str, sum);
     }
     let Some(manifest) = manifest else { bail!("the archive has no manifest (truncated?)") };
     ensure!(manifest.format == FORMAT, "unknown backup format {:?}", manifest.format);

@@ -29,6 +29,7 @@ use crate::auth::AuthUser;
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
+use crate::jobs::Progress;
 use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
 use crate::vms::model::{VmActionResponse, VmRecord};
@@ -123,25 +124,42 @@ fn slug(name: &str) -> String {
     s.chars().take(40).collect()
 }
 
-/// Copies the running VM's disk with a QMP `blockdev-backup` job into `target` (a consistent
+/// A disk to copy out of a running VM: its block node, and what the copy is made as.
+struct LiveDisk {
+    node: String,
+    format: &'static str,
+    size_gb: u64,
+    member: String,
+}
+
+/// Copies one disk of the running VM with a QMP `blockdev-backup` job into `target` (a consistent
 /// point-in-time copy; the guest keeps running).
-async fn live_copy(state: &AppState, vm: &VmRecord, target: &Path) -> ApiResult<()> {
+async fn live_copy(
+    state: &AppState,
+    vm: &VmRecord,
+    disk: &LiveDisk,
+    target: &Path,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> ApiResult<()> {
     let sock = state.vms.run_dirs.qmp(&vm.id);
-    storage::create_image(&state.vms.qemu_img, target, "qcow2", vm.spec.disk_size).await?;
+    storage::create_image(&state.vms.qemu_img, target, disk.format, disk.size_gb).await?;
     let node = format!("backup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let failed = |e: anyhow::Error| ApiError::Operation(format!("live backup: {e:#}"));
+    let failed = |e: anyhow::Error| ApiError::Operation(format!("live backup of {}: {e:#}", disk.member));
     qmp::command(
         &sock,
         "blockdev-add",
-        Some(json!({"driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": target}})),
+        Some(
+            json!({"driver": disk.format, "node-name": node, "file": {"driver": "file", "filename": target}}),
+        ),
     )
     .await
     .map_err(failed)?;
     let result = qmp::run_job(
         &sock,
         "blockdev-backup",
-        json!({"device": "disk0", "target": node, "sync": "full"}),
+        json!({"device": disk.node, "target": node, "sync": "full"}),
         JOB_TIMEOUT,
+        progress,
     )
     .await
     .map_err(failed);
@@ -173,9 +191,32 @@ async fn create_backup(
     }))
 }
 
-/// Takes one backup of a VM (under its lock) and records it. `scheduled` backups are the ones a
-/// schedule's retention may prune.
+/// Takes one backup of a VM (under its lock), as a job whose progress can be read while it runs, and
+/// records it. `scheduled` backups are the ones a schedule's retention may prune.
 pub async fn backup_vm(state: &AppState, vm_id: &str, owner: &str, scheduled: bool) -> ApiResult<Backup> {
+    let (st, v, o) = (state.clone(), vm_id.to_string(), owner.to_string());
+    state
+        .jobs
+        .run("backup", Some(vm_id), owner, move |progress| async move {
+            let backup = take_backup(&st, &v, &o, scheduled, &progress).await?;
+            let id = backup.id.clone();
+            Ok((backup, Some(id)))
+        })
+        .await
+}
+
+/// The archive member a volume's data goes in.
+fn volume_member(v: &crate::volumes::store::Volume) -> String {
+    format!("volumes/{}.{}", v.id, v.format.as_str())
+}
+
+async fn take_backup(
+    state: &AppState,
+    vm_id: &str,
+    owner: &str,
+    scheduled: bool,
+    progress: &Progress,
+) -> ApiResult<Backup> {
     let _guard = state.vms.lock(vm_id).await;
     let vm = state.vms.get(vm_id).await?;
     let id = crate::vms::manager::new_id();
@@ -183,22 +224,55 @@ pub async fn backup_vm(state: &AppState, vm_id: &str, owner: &str, scheduled: bo
     let work =
         tempfile::Builder::new().prefix(".backup-").tempdir_in(&backups_dir).context("work directory")?;
     let vm_dir = state.vms.vms_dir.join(&vm.id);
+    let v = vm.id.clone();
+    let volumes = state.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &v)?)).await?;
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let disk = vm_dir.join("disk0.qcow2");
-    if state.vms.is_running(&vm).await? {
-        let copy = work.path().join("disk0.qcow2");
-        live_copy(state, &vm, &copy).await?;
-        files.push(("disk0.qcow2".into(), copy));
-    } else if disk.exists() {
-        if storage::backing_file(&state.vms.qemu_img, &disk).await.is_some() {
-            // A clone's overlay needs its base: archive one self-contained image instead.
-            let copy = work.path().join("disk0.qcow2");
-            let mut cmd = Command::new(&state.vms.qemu_img);
-            cmd.args(["convert", "-O", "qcow2"]).arg(&disk).arg(&copy);
-            storage::run(cmd, "flattening the disk").await?;
-            files.push(("disk0.qcow2".into(), copy));
-        } else {
-            files.push(("disk0.qcow2".into(), disk));
+    let running = state.vms.is_running(&vm).await?;
+    if running {
+        let mut disks = Vec::new();
+        if disk.exists() {
+            disks.push(LiveDisk {
+                node: "disk0".into(),
+                format: "qcow2",
+                size_gb: vm.spec.disk_size,
+                member: "disk0.qcow2".into(),
+            });
+        }
+        for v in &volumes {
+            disks.push(LiveDisk {
+                node: vmrunner::argv::volume_ids(&v.id).0,
+                format: v.format.as_str(),
+                size_gb: v.size_gb,
+                member: volume_member(v),
+            });
+        }
+        // Copying is the first half of the job, archiving the second.
+        let share = 0.5 / disks.len().max(1) as f64;
+        for (i, d) in disks.iter().enumerate() {
+            progress.phase(&format!("copying {}", d.member));
+            let copy = work.path().join(format!("copy-{i}"));
+            let from = share * i as f64;
+            live_copy(state, &vm, d, &copy, &|done, total| progress.bytes(done, total, from, from + share))
+                .await?;
+            files.push((d.member.clone(), copy));
+        }
+    } else {
+        if disk.exists() {
+            if storage::backing_file(&state.vms.qemu_img, &disk).await.is_some() {
+                // A clone's overlay needs its base: archive one self-contained image instead.
+                progress.phase("flattening disk0.qcow2");
+                let copy = work.path().join("disk0.qcow2");
+                let mut cmd = Command::new(&state.vms.qemu_img);
+                cmd.args(["convert", "-O", "qcow2"]).arg(&disk).arg(&copy);
+                storage::run(cmd, "flattening the disk").await?;
+                files.push(("disk0.qcow2".into(), copy));
+            } else {
+                files.push(("disk0.qcow2".into(), disk));
+            }
+        }
+        for v in &volumes {
+            files.push((volume_member(v), PathBuf::from(&v.path)));
         }
     }
     for name in ["OVMF_VARS.fd", "OVMF_VARS.template"] {
@@ -221,11 +295,27 @@ pub async fn backup_vm(state: &AppState, vm_id: &str, owner: &str, scheduled: bo
         spec: vm.spec.clone(),
         created_at: stamp,
         members: Vec::new(),
+        volumes: volumes
+            .iter()
+            .map(|v| archive::ArchivedVolume {
+                id: v.id.clone(),
+                name: v.name.clone(),
+                size_gb: v.size_gb,
+                format: v.format,
+                slot: v.slot,
+                member: volume_member(v),
+            })
+            .collect(),
     };
+    progress.phase("archiving");
     let out = tmp.clone();
-    tokio::task::spawn_blocking(move || archive::write(&out, &files, manifest))
-        .await
-        .context("backup task failed")??;
+    let p = progress.clone();
+    let from = if running { 0.5 } else { 0.0 };
+    tokio::task::spawn_blocking(move || {
+        archive::write(&out, &files, manifest, &|done, total| p.bytes(done, total, from, 1.0))
+    })
+    .await
+    .context("backup task failed")??;
     std::fs::rename(&tmp, &target).context("moving the backup into place")?;
     let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
     let (i, v, n, o, p) =
@@ -357,45 +447,122 @@ async fn restore_backup(
             .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?
     };
     let backup = owned(&state, &user, &backup_id).await?;
-    let vms_dir = state.vms.vms_dir.clone();
-    let staging =
-        tempfile::Builder::new().prefix(".restore-").tempdir_in(&vms_dir).context("staging directory")?;
-    let (archive_path, dir) = (PathBuf::from(&backup.path), staging.path().to_path_buf());
-    let manifest = tokio::task::spawn_blocking(move || archive::extract_verified(&archive_path, &dir))
-        .await
-        .context("restore task failed")?
-        .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
+    let (st, vm_id, owner) = (state.clone(), backup.vm_id.clone(), user.username.clone());
+    let vm = state
+        .jobs
+        .run("restore", Some(&vm_id), &owner, move |progress| async move {
+            let vm = restore(&st, &user, &backup, req.new_name, &progress).await?;
+            let id = vm.id.clone();
+            Ok((vm, Some(id)))
+        })
+        .await?;
+    audit.details(&vm.id);
+    Ok(Json(VmActionResponse {
+        success: true,
+        message: format!("{} restored", vm.spec.name),
+        vm: (&vm).into(),
+    }))
+}
 
-    match req.new_name {
-        Some(name) => {
-            let vm = restore_as_new(&state, &user, manifest, name, staging.path()).await?;
-            audit.details(&vm.id);
-            Ok(Json(VmActionResponse {
-                success: true,
-                message: format!("Restored as {}", vm.spec.name),
-                vm: (&vm).into(),
-            }))
+/// Verifies and extracts `archive` into a fresh staging directory next to the VMs' own.
+async fn extract(
+    state: &AppState,
+    archive: &Path,
+    progress: &Progress,
+) -> ApiResult<(tempfile::TempDir, Manifest)> {
+    let staging = tempfile::Builder::new()
+        .prefix(".restore-")
+        .tempdir_in(&state.vms.vms_dir)
+        .context("staging directory")?;
+    progress.phase("verifying and extracting");
+    let (archive, dir, p) = (archive.to_path_buf(), staging.path().to_path_buf(), progress.clone());
+    let manifest = tokio::task::spawn_blocking(move || {
+        archive::extract_verified(&archive, &dir, &|done, total| p.bytes(done, total, 0.0, 1.0))
+    })
+    .await
+    .context("restore task failed")?
+    .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
+    Ok((staging, manifest))
+}
+
+async fn restore(
+    state: &AppState,
+    user: &SessionUser,
+    backup: &Backup,
+    new_name: Option<String>,
+    progress: &Progress,
+) -> ApiResult<VmRecord> {
+    let (staging, manifest) = extract(state, Path::new(&backup.path), progress).await?;
+    if let Some(name) = new_name {
+        return restore_as_new(state, user, manifest, name, staging.path()).await;
+    }
+    let vm = crate::vms::owned(state, user, &manifest.vm_id).await.map_err(|_| {
+        ApiError::NotFound("The original VM no longer exists: give a new_name to restore as a new VM".into())
+    })?;
+    let _guard = state.vms.lock(&vm.id).await;
+    if state.vms.is_running(&vm).await? {
+        return Err(ApiError::Conflict("Stop the VM before restoring a backup onto it".into()));
+    }
+    progress.phase("replacing the VM's files");
+    let vm_dir = state.vms.vms_dir.join(&vm.id);
+    std::fs::create_dir_all(&vm_dir).context("creating the VM directory")?;
+    restore_volumes(state, &vm.owner, &vm.id, &manifest, staging.path()).await?;
+    replace_files(staging.path(), &vm_dir)?;
+    Ok(vm)
+}
+
+/// Brings the archived volumes back attached to `vm_id`: a volume still attached to it gets its data
+/// replaced; any other becomes a new volume (the original may since belong to another VM). Leaves
+/// the staging directory without its `volumes/`.
+async fn restore_volumes(
+    state: &AppState,
+    owner: &str,
+    vm_id: &str,
+    manifest: &Manifest,
+    staging: &Path,
+) -> ApiResult<()> {
+    use crate::volumes::store as volumes;
+    for archived in &manifest.volumes {
+        let data = staging.join(&archived.member);
+        let (id, vm) = (archived.id.clone(), vm_id.to_string());
+        let existing = state
+            .store
+            .call(move |c| Ok(volumes::get(c, &id)?.filter(|v| v.attached_to.as_deref() == Some(&vm))))
+            .await?;
+        if let Some(v) = existing {
+            std::fs::rename(&data, &v.path).context("moving a restored volume into place")?;
+            continue;
         }
-        None => {
-            let vm = crate::vms::owned(&state, &user, &manifest.vm_id).await.map_err(|_| {
-                ApiError::NotFound(
-                    "The original VM no longer exists: give a new_name to restore as a new VM".into(),
-                )
-            })?;
-            let _guard = state.vms.lock(&vm.id).await;
-            if state.vms.is_running(&vm).await? {
-                return Err(ApiError::Conflict("Stop the VM before restoring a backup onto it".into()));
-            }
-            let vm_dir = vms_dir.join(&vm.id);
-            std::fs::create_dir_all(&vm_dir).context("creating the VM directory")?;
-            replace_files(staging.path(), &vm_dir)?;
-            Ok(Json(VmActionResponse {
-                success: true,
-                message: format!("{} restored", vm.spec.name),
-                vm: (&vm).into(),
-            }))
+        let id = crate::vms::manager::new_id();
+        let path = state.vms.volumes_dir.join(format!("{id}.{}", archived.format.as_str()));
+        std::fs::rename(&data, &path).context("moving a restored volume into place")?;
+        let (a, o, vm, p) =
+            (archived.clone(), owner.to_string(), vm_id.to_string(), path.display().to_string());
+        let inserted = state
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                volumes::insert(&tx, &id, &a.name, &o, a.size_gb, a.format, &p, now_unix())?;
+                let used: Vec<u32> = volumes::attached_to(&tx, &vm)?.iter().filter_map(|v| v.slot).collect();
+                let slot = a
+                    .slot
+                    .filter(|s| !used.contains(s))
+                    .or_else(|| (1..=vmrunner::argv::ROOT_PORTS).find(|s| !used.contains(s)));
+                // With every slot taken the volume is still restored, just not attached.
+                if slot.is_some() {
+                    volumes::set_attachment(&tx, &id, Some(&vm), slot)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = inserted {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
         }
     }
+    let _ = std::fs::remove_dir_all(staging.join("volumes"));
+    Ok(())
 }
 
 /// Moves every restored file over the VM's own (renames within one filesystem).
@@ -415,7 +582,7 @@ async fn restore_as_new(
     name: String,
     staging: &Path,
 ) -> ApiResult<VmRecord> {
-    let mut spec = manifest.spec;
+    let mut spec = manifest.spec.clone();
     spec.name = name;
     // New MACs and no host ports: the original VM may still be using its own.
     for net in &mut spec.networks {
@@ -430,6 +597,15 @@ async fn restore_as_new(
     }
     state.vms.normalize(&mut spec)?;
     let id = crate::vms::manager::new_id();
+    // Volumes wait in the staging directory until the VM they attach to exists.
+    let volumes_staging = tempfile::Builder::new()
+        .prefix(".restore-volumes-")
+        .tempdir_in(&state.vms.vms_dir)
+        .context("staging directory")?;
+    if staging.join("volumes").exists() {
+        std::fs::rename(staging.join("volumes"), volumes_staging.path().join("volumes"))
+            .context("staging the restored volumes")?;
+    }
     std::fs::rename(staging, state.vms.vms_dir.join(&id)).context("moving the restored files into place")?;
     let record = VmRecord::new_stopped(id.clone(), &user.username, spec, state.vms.runtime.name());
     let r = record.clone();
@@ -437,6 +613,7 @@ async fn restore_as_new(
         let _ = std::fs::remove_dir_all(state.vms.vms_dir.join(&id));
         return Err(e.into());
     }
+    restore_volumes(state, &user.username, &id, &manifest, volumes_staging.path()).await?;
     Ok(record)
 }
 
@@ -488,18 +665,35 @@ async fn upload_and_restore(
     if !received {
         return Err(ApiError::BadRequest("file: no archive in the upload (multipart field `file`)".into()));
     }
-    let staging = tempfile::Builder::new()
-        .prefix(".restore-")
-        .tempdir_in(&state.vms.vms_dir)
-        .context("staging directory")?;
-    let (archive_path, dir) = (upload.path().to_path_buf(), staging.path().to_path_buf());
-    let manifest = tokio::task::spawn_blocking(move || archive::extract_verified(&archive_path, &dir))
-        .await
-        .context("restore task failed")?
-        .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
-    // Keep the uploaded archive as a backup of its own.
+    let st = state.clone();
+    let vm = state
+        .jobs
+        .run("restore", None, &user.username.clone(), move |progress| async move {
+            let vm = restore_upload(&st, &user, upload, new_name, &progress).await?;
+            let id = vm.id.clone();
+            Ok((vm, Some(id)))
+        })
+        .await?;
+    audit.target(&vm.id);
+    Ok(Json(VmActionResponse {
+        success: true,
+        message: format!("Restored as {}", vm.spec.name),
+        vm: (&vm).into(),
+    }))
+}
+
+/// Verifies the uploaded archive, keeps it as a backup of its own, and restores it as a new VM.
+async fn restore_upload(
+    state: &AppState,
+    user: &SessionUser,
+    upload: tempfile::NamedTempFile,
+    new_name: Option<String>,
+    progress: &Progress,
+) -> ApiResult<VmRecord> {
+    let (staging, manifest) = extract(state, upload.path(), progress).await?;
     let id = crate::vms::manager::new_id();
     let stamp = now_unix();
+    let backups_dir = state.settings.data_dir.join("backups");
     let target = backups_dir.join(format!("fastvm-{}-{stamp}-{id}.tar.zst", slug(&manifest.vm_name)));
     upload.persist(&target).map_err(|e| ApiError::Internal(anyhow::Error::from(e.error)))?;
     let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
@@ -521,11 +715,5 @@ async fn upload_and_restore(
         })
         .await?;
     let name = new_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| manifest.vm_name.clone());
-    let vm = restore_as_new(&state, &user, manifest, name, staging.path()).await?;
-    audit.target(&vm.id);
-    Ok(Json(VmActionResponse {
-        success: true,
-        message: format!("Restored as {}", vm.spec.name),
-        vm: (&vm).into(),
-    }))
+    restore_as_new(state, user, manifest, name, staging.path()).await
 }

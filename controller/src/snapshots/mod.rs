@@ -139,7 +139,7 @@ async fn offline(state: &AppState, disks: &[Disk], op: &str, tag: &str, undo: Op
 /// Runs a QMP snapshot job to its end.
 async fn job(state: &AppState, vm_id: &str, command: &str, args: Value) -> ApiResult<()> {
     let sock = state.vms.run_dirs.qmp(vm_id);
-    let result = qmp::run_job(&sock, command, args, JOB_TIMEOUT).await;
+    let result = qmp::run_job(&sock, command, args, JOB_TIMEOUT, &|_, _| {}).await;
     // The guest is paused while its RAM is written; whatever happened, it must not stay paused.
     if let Ok(status) = qmp::command(&sock, "query-status", None).await {
         if status["status"] == "paused" {

@@ -1,0 +1,266 @@
+//! Long-running work (backups, restores) as jobs whose progress anyone allowed can read while they
+//! run: `GET /api/jobs`, `GET /api/jobs/{job_id}`. Every change is also broadcast, so pushing it to
+//! browsers needs no polling.
+//!
+//! A job runs in its own task: a client that disconnects from the request that started it does not
+//! abort the work half-way.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::AuthUser;
+use crate::auth::users::SessionUser;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+use crate::store::{now_unix, rfc3339};
+
+/// Finished jobs kept for reading back.
+const KEEP_FINISHED: usize = 200;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_jobs)).routes(routes!(get_job))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    /// `backup`, `restore`, ...
+    pub kind: String,
+    pub vm_id: Option<String>,
+    pub state: JobState,
+    /// What it is doing now, e.g. `copying disk0`.
+    pub phase: String,
+    /// 0.0 to 1.0.
+    pub progress: f64,
+    /// Bytes handled so far and in all, where the work is measured in bytes.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// The error of a failed job, or what a successful one produced (e.g. the backup's id).
+    pub message: Option<String>,
+    pub result_id: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    #[serde(skip)]
+    owner: String,
+}
+
+#[derive(Default)]
+struct Table {
+    running: Vec<Job>,
+    finished: VecDeque<Job>,
+}
+
+/// Every job of this controller (they live in memory: a restart ends the work they describe).
+pub struct Jobs {
+    table: Mutex<Table>,
+    events: broadcast::Sender<Job>,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs { table: Mutex::default(), events: broadcast::channel(256).0 }
+    }
+}
+
+impl Jobs {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding this lock cannot leave the table half-updated: keep serving it.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every change to any job, as it happens.
+    pub fn subscribe(&self) -> broadcast::Receiver<Job> {
+        self.events.subscribe()
+    }
+
+    /// Registers a running job and returns the handle its work reports through.
+    pub fn begin(self: &Arc<Self>, kind: &str, vm_id: Option<&str>, owner: &str) -> JobHandle {
+        let job = Job {
+            id: crate::vms::manager::new_id(),
+            kind: kind.into(),
+            vm_id: vm_id.map(String::from),
+            state: JobState::Running,
+            phase: "starting".into(),
+            progress: 0.0,
+            bytes_done: 0,
+            bytes_total: 0,
+            message: None,
+            result_id: None,
+            started_at: rfc3339(now_unix()),
+            finished_at: None,
+            owner: owner.into(),
+        };
+        let id = job.id.clone();
+        self.table().running.push(job.clone());
+        let _ = self.events.send(job);
+        JobHandle { jobs: self.clone(), id, done: false }
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut Job)) {
+        let mut t = self.table();
+        let Some(i) = t.running.iter().position(|j| j.id == id) else { return };
+        change(&mut t.running[i]);
+        let job = t.running[i].clone();
+        if job.state != JobState::Running {
+            t.running.remove(i);
+            t.finished.push_front(job.clone());
+            t.finished.truncate(KEEP_FINISHED);
+        }
+        drop(t);
+        let _ = self.events.send(job);
+    }
+
+    /// Jobs `user` may see: running first, then the most recently finished.
+    pub fn visible(&self, user: &SessionUser) -> Vec<Job> {
+        let t = self.table();
+        t.running.iter().chain(t.finished.iter()).filter(|j| may_see(user, j)).cloned().collect()
+    }
+
+    /// Runs `work` as a job in its own task and waits for it. The work gets the handle to report
+    /// progress; its outcome (an id it produced, or the error) ends the job.
+    pub async fn run<T, F, Fut>(
+        self: &Arc<Self>,
+        kind: &str,
+        vm_id: Option<&str>,
+        owner: &str,
+        work: F,
+    ) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Progress) -> Fut,
+        Fut: Future<Output = ApiResult<(T, Option<String>)>> + Send + 'static,
+    {
+        let mut handle = self.begin(kind, vm_id, owner);
+        let fut = work(handle.progress());
+        let outcome = tokio::spawn(fut)
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(anyhow::anyhow!("{kind} task failed: {e}"))));
+        match outcome {
+            Ok((value, result_id)) => {
+                handle.succeed(result_id);
+                Ok(value)
+            }
+            Err(e) => {
+                handle.fail(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+pub fn may_see(user: &SessionUser, job: &Job) -> bool {
+    user.is_admin || job.owner == user.username
+}
+
+/// Reports a running job's progress; cheap to clone into blocking code.
+#[derive(Clone)]
+pub struct Progress {
+    jobs: Arc<Jobs>,
+    id: String,
+}
+
+impl Progress {
+    pub fn phase(&self, phase: &str) {
+        let phase = phase.to_string();
+        self.jobs.update(&self.id, |j| j.phase = phase);
+    }
+
+    /// Bytes done of `total`, mapped onto the `[from, to]` part of the whole job.
+    pub fn bytes(&self, done: u64, total: u64, from: f64, to: f64) {
+        let fraction = if total == 0 { 1.0 } else { (done as f64 / total as f64).min(1.0) };
+        self.jobs.update(&self.id, |j| {
+            j.bytes_done = done;
+            j.bytes_total = total;
+            j.progress = (from + (to - from) * fraction).clamp(j.progress, 1.0);
+        });
+    }
+}
+
+/// The owner's end of a job: finishes it exactly once (dropped unfinished: failed).
+pub struct JobHandle {
+    jobs: Arc<Jobs>,
+    id: String,
+    done: bool,
+}
+
+impl JobHandle {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress { jobs: self.jobs.clone(), id: self.id.clone() }
+    }
+
+    pub fn succeed(&mut self, result_id: Option<String>) {
+        self.done = true;
+        self.jobs.update(&self.id, |j| {
+            j.state = JobState::Succeeded;
+            j.phase = "done".into();
+            j.progress = 1.0;
+            j.result_id = result_id;
+            j.finished_at = Some(rfc3339(now_unix()));
+        });
+    }
+
+    pub fn fail(&mut self, error: &str) {
+        self.done = true;
+        let error = error.to_string();
+        self.jobs.update(&self.id, |j| {
+            j.state = JobState::Failed;
+            j.message = Some(error);
+            j.finished_at = Some(rfc3339(now_unix()));
+        });
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        if !self.done {
+            self.fail("interrupted");
+        }
+    }
+}
+
+/// Jobs you may see: running ones first, then recently finished ones, newest first.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
+    responses((status = 200, body = Vec<Job>), (status = 401, body = ErrorBody)))]
+async fn list_jobs(State(state): State<AppState>, AuthUser(user): AuthUser) -> Json<Vec<Job>> {
+    Json(state.jobs.visible(&user))
+}
+
+/// One job, with its progress.
+#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs", security(("bearer" = [])),
+    params(("job_id" = String, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+async fn get_job(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    state
+        .jobs
+        .visible(&user)
+        .into_iter()
+        .find(|j| j.id == job_id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("Job not found".into()))
+}
