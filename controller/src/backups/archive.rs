@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use anyhow::{Context, bail, ensure};
 use ring::digest::{Context as Digest, SHA256};
@@ -77,13 +77,24 @@ fn read_block(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
+/// A block buffer: a used one handed back when there is one (fresh megabytes cost page faults).
+fn block_buffer(spare: &Receiver<Vec<u8>>) -> Vec<u8> {
+    let mut buf = spare.try_recv().unwrap_or_default();
+    buf.resize(IO_BUFFER, 0);
+    buf
+}
+
 /// Reads a file in blocks, hashing each, and hands them on: SHA-256 (the slowest step) runs on its
 /// own core while the archiver and zstd's workers use the others.
-fn read_and_hash(mut file: File, out: SyncSender<Vec<u8>>) -> std::io::Result<(u64, String)> {
+fn read_and_hash(
+    mut file: File,
+    out: SyncSender<Vec<u8>>,
+    spare: Receiver<Vec<u8>>,
+) -> std::io::Result<(u64, String)> {
     let mut digest = Digest::new(&SHA256);
     let mut count = 0u64;
     loop {
-        let mut buf = vec![0u8; IO_BUFFER];
+        let mut buf = block_buffer(&spare);
         let n = read_block(&mut file, &mut buf)?;
         if n == 0 {
             break;
@@ -101,6 +112,7 @@ fn read_and_hash(mut file: File, out: SyncSender<Vec<u8>>) -> std::io::Result<(u
 /// The blocks of one member as a `Read` for the tar builder, counting what passes.
 struct Blocks<'a> {
     rx: Receiver<Vec<u8>>,
+    spare: Sender<Vec<u8>>,
     block: Vec<u8>,
     pos: usize,
     on_block: &'a mut dyn FnMut(usize),
@@ -112,7 +124,8 @@ impl Read for Blocks<'_> {
             match self.rx.recv() {
                 Ok(b) => {
                     (self.on_block)(b.len());
-                    self.block = b;
+                    let used = std::mem::replace(&mut self.block, b);
+                    let _ = self.spare.send(used);
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),
@@ -134,9 +147,10 @@ fn append_member<W: Write>(
     let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let size = file.metadata()?.len();
     let (tx, rx) = sync_channel(PIPELINE_DEPTH);
+    let (spare_tx, spare_rx) = channel();
     let (appended, hashed) = std::thread::scope(|s| {
-        let hasher = s.spawn(move || read_and_hash(file, tx));
-        let mut blocks = Blocks { rx, block: Vec::new(), pos: 0, on_block };
+        let hasher = s.spawn(move || read_and_hash(file, tx, spare_rx));
+        let mut blocks = Blocks { rx, spare: spare_tx, block: Vec::new(), pos: 0, on_block };
         let appended = builder.append_data(&mut header(size), name, &mut blocks);
         drop(blocks); // Unblocks the hasher if archiving stopped early.
         (appended, hasher.join())
@@ -163,7 +177,8 @@ pub fn write(
     }
     let total: u64 = files.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     let mut done = 0u64;
-    let mut builder = tar::Builder::new(encoder);
+    // Large writes into zstd: the tar builder copies in small pieces.
+    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, encoder));
     for (name, path) in files {
         let mut on_block = |n: usize| {
             done += n as u64;
@@ -174,14 +189,18 @@ pub fn write(
     }
     let bytes = serde_json::to_vec_pretty(&manifest)?;
     builder.append_data(&mut header(bytes.len() as u64), MANIFEST, bytes.as_slice())?;
-    let encoder = builder.into_inner()?;
+    let encoder = builder.into_inner()?.into_inner().map_err(|e| e.into_error())?;
     let file = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(manifest)
 }
 
 /// Hashes and writes the blocks of one extracted member (on its own thread).
-fn hash_and_write(target: &Path, blocks: Receiver<Vec<u8>>) -> std::io::Result<(u64, String)> {
+fn hash_and_write(
+    target: &Path,
+    blocks: Receiver<Vec<u8>>,
+    spare: Sender<Vec<u8>>,
+) -> std::io::Result<(u64, String)> {
     let mut out = File::create(target)?;
     let mut digest = Digest::new(&SHA256);
     let mut count = 0u64;
@@ -189,6 +208,7 @@ fn hash_and_write(target: &Path, blocks: Receiver<Vec<u8>>) -> std::io::Result<(
         digest.update(&block);
         out.write_all(&block)?;
         count += block.len() as u64;
+        let _ = spare.send(block);
     }
     Ok((count, hex::encode(digest.finish())))
 }
@@ -196,11 +216,12 @@ fn hash_and_write(target: &Path, blocks: Receiver<Vec<u8>>) -> std::io::Result<(
 /// Copies one tar entry to `target` in blocks, hashing on another thread; returns (size, sha256).
 fn extract_member(entry: &mut impl Read, target: &Path) -> anyhow::Result<(u64, String)> {
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+    let (spare_tx, spare_rx) = channel();
     let (read, written) = std::thread::scope(|s| {
-        let writer = s.spawn(move || hash_and_write(target, rx));
+        let writer = s.spawn(move || hash_and_write(target, rx, spare_tx));
         let read = (|| -> std::io::Result<()> {
             loop {
-                let mut buf = vec![0u8; IO_BUFFER];
+                let mut buf = block_buffer(&spare_rx);
                 let n = read_block(entry, &mut buf)?;
                 if n == 0 {
                     return Ok(());
