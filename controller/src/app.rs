@@ -20,13 +20,16 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
+use crate::consoles::Consoles;
 use crate::runtime::docker::{self, DockerRuntime};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{RunDirs, Runtime};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
-use crate::{audit, auth, backups, cloudinit, host, http, isos, jobs, snapshots, system, vms, volumes, web};
+use crate::{
+    audit, auth, backups, cloudinit, consoles, host, http, isos, jobs, snapshots, system, vms, volumes, web,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,6 +51,7 @@ use crate::{audit, auth, backups, cloudinit, host, http, isos, jobs, snapshots, 
         (name = "isos", description = "The ISO library"),
         (name = "snapshots", description = "VM snapshots, with or without RAM"),
         (name = "backups", description = "Verified backup archives, restore"),
+        (name = "consoles", description = "SPICE and VNC consoles: browser WebSocket proxy, remote-viewer"),
         (name = "jobs", description = "Long-running work (backups, restores) and its progress"),
     )
 )]
@@ -74,6 +78,7 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
         .merge(snapshots::routes())
         .merge(backups::routes())
         .merge(jobs::routes())
+        .merge(consoles::routes())
         .split_for_parts()
 }
 
@@ -114,7 +119,9 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
             }
         }
     });
+    let consoles = Arc::new(Consoles::new(Duration::from_secs(settings.console_ticket_ttl)));
     let state = AppState {
+        consoles,
         login_limiter: Arc::new(LoginLimiter::new(settings.login_rate_limit)),
         settings: Arc::new(settings),
         store,

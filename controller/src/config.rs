@@ -60,6 +60,15 @@ pub struct Settings {
     /// Host address that NAT port forwards listen on.
     #[arg(long, env = "FASTVM_PORT_FORWARD_BIND", default_value = "0.0.0.0")]
     pub port_forward_bind: String,
+    /// Host address the per-VM SPICE ports for remote-viewer listen on.
+    #[arg(long, env = "FASTVM_SPICE_BIND", default_value = "127.0.0.1")]
+    pub spice_bind: String,
+    /// First TCP port for remote-viewer SPICE connections (one port per running VM).
+    #[arg(long, env = "FASTVM_SPICE_PORT_BASE", default_value_t = 5800)]
+    pub spice_port_base: u16,
+    /// Seconds a console ticket stays valid for opening a console's channels.
+    #[arg(long, env = "FASTVM_CONSOLE_TICKET_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub console_ticket_ttl: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +119,9 @@ impl Settings {
             port_forward_bind: "0.0.0.0".into(),
             runtime: "process".into(),
             vmrunner_image: "fastvm/vmrunner:latest".into(),
+            spice_bind: "127.0.0.1".into(),
+            spice_port_base: 5800,
+            console_ticket_ttl: 60,
         }
     }
 

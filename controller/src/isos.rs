@@ -52,8 +52,13 @@ pub struct IsoUploaded {
 #[utoipa::path(get, path = "/api/isos", tag = "isos", security(("bearer" = [])),
     responses((status = 200, body = Vec<IsoInfo>), (status = 401, body = ErrorBody)))]
 async fn list_isos(State(state): State<AppState>, _user: AuthUser) -> Json<Vec<IsoInfo>> {
+    Json(library(&state.settings))
+}
+
+/// Every ISO image in the allowed directories, sorted by name.
+pub fn library(settings: &crate::config::Settings) -> Vec<IsoInfo> {
     let mut isos = Vec::new();
-    for root in state.settings.iso_roots() {
+    for root in settings.iso_roots() {
         let Ok(entries) = std::fs::read_dir(&root) else { continue };
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
@@ -70,7 +75,7 @@ async fn list_isos(State(state): State<AppState>, _user: AuthUser) -> Json<Vec<I
         }
     }
     isos.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));
-    Json(isos)
+    isos
 }
 
 fn check_name(name: &str) -> ApiResult<()> {

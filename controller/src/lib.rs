@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backups;
 pub mod cloudinit;
 pub mod config;
+pub mod consoles;
 pub mod error;
 pub mod host;
 pub mod http;

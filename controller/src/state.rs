@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
+use crate::consoles::Consoles;
 use crate::jobs::Jobs;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
@@ -17,4 +18,5 @@ pub struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     pub vms: Arc<VmManager>,
     pub jobs: Arc<Jobs>,
+    pub consoles: Arc<Consoles>,
 }

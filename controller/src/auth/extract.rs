@@ -20,20 +20,25 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
+/// The signed-in user a bearer token stands for (valid signature, not expired, session not revoked).
+pub async fn session_from_token(state: &AppState, token: &str) -> Result<SessionUser, ApiError> {
+    let claims = state
+        .tokens
+        .verify(token)
+        .ok_or_else(|| ApiError::Unauthorized("Invalid or expired token".into()))?;
+    state
+        .store
+        .call(move |c| Ok(users::active_session(c, &claims.jti, &claims.sub, now_unix())?))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("Token has been revoked".into()))
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(|| ApiError::Unauthorized("Not authenticated".into()))?;
-        let claims = state
-            .tokens
-            .verify(token)
-            .ok_or_else(|| ApiError::Unauthorized("Invalid or expired token".into()))?;
-        let session = state
-            .store
-            .call(move |c| Ok(users::active_session(c, &claims.jti, &claims.sub, now_unix())?))
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("Token has been revoked".into()))?;
+        let session = session_from_token(state, token).await?;
         Audit::from_parts(parts).user(&session.username);
         Ok(AuthUser(session))
     }

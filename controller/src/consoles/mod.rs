@@ -1,0 +1,396 @@
+//! Consoles: a VM's screen in the browser (SPICE through spice-html5, or VNC through noVNC) over
+//! the controller's own WebSocket proxy, and in remote-viewer over a per-VM TCP port. Nothing but
+//! the controller's port needs to be reachable, and nobody without rights to the VM gets in.
+
+pub mod relay;
+pub mod remote;
+pub mod tickets;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::audit::Audit;
+use crate::auth::AuthUser;
+use crate::auth::extract::session_from_token;
+use crate::auth::users::{self, SessionUser};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::Message;
+use crate::qmp;
+use crate::state::AppState;
+use crate::vms::model::{VmRecord, VmStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Spice,
+    Vnc,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Spice => "spice",
+            Kind::Vnc => "vnc",
+        }
+    }
+
+    fn socket(self) -> &'static str {
+        match self {
+            Kind::Spice => "spice.sock",
+            Kind::Vnc => "vnc.sock",
+        }
+    }
+}
+
+/// Everything the consoles share.
+pub struct Consoles {
+    pub tickets: tickets::Tickets,
+    pub connections: relay::Connections,
+    pub remote: Arc<remote::Listeners>,
+}
+
+impl Consoles {
+    pub fn new(ticket_ttl: Duration) -> Self {
+        Consoles {
+            tickets: tickets::Tickets::new(ticket_ttl),
+            connections: relay::Connections::default(),
+            remote: Arc::default(),
+        }
+    }
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(spice))
+        .routes(routes!(spice_disconnect))
+        .routes(routes!(spice_vv))
+        .routes(routes!(vnc))
+        .routes(routes!(vnc_disconnect))
+        .routes(routes!(spice_tools))
+        .routes(routes!(spice_ws))
+        .routes(routes!(vnc_ws))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpiceAccess {
+    /// Always `ready`.
+    pub status: String,
+    /// WebSocket path for spice-html5, with a ticket valid for opening this session's channels.
+    pub ws_url: String,
+    /// TCP port for remote-viewer on the controller's host.
+    pub spice_port: u16,
+    /// SPICE password, valid for a short while (the console ticket's lifetime).
+    pub password: String,
+    /// A virt-viewer connection file for remote-viewer.
+    pub vv_url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VncAccess {
+    /// Always `ready`.
+    pub status: String,
+    /// WebSocket path for noVNC, with a ticket valid for opening this session.
+    pub ws_url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpiceTools {
+    /// Whether a spice-guest-tools or virtio-win ISO is in the ISO library.
+    pub available: bool,
+    pub path: Option<String>,
+}
+
+/// The VM, when `user` may see it and it runs.
+async fn running_vm(state: &AppState, user: &SessionUser, vm_id: &str) -> ApiResult<VmRecord> {
+    let vm = crate::vms::owned(state, user, vm_id).await?;
+    if vm.status != VmStatus::Running || !state.vms.is_running(&vm).await? {
+        return Err(ApiError::Conflict("The VM is not running".into()));
+    }
+    Ok(vm)
+}
+
+/// Sets a fresh SPICE password that stops working for new connections after the ticket lifetime;
+/// open connections keep going.
+async fn fresh_spice_password(state: &AppState, vm_id: &str) -> ApiResult<String> {
+    let password: String = rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+    let sock = state.vms.run_dirs.qmp(vm_id);
+    let failed = |e: anyhow::Error| ApiError::Operation(format!("setting the SPICE password: {e:#}"));
+    qmp::command(
+        &sock,
+        "set_password",
+        Some(json!({"protocol": "spice", "password": password, "connected": "keep"})),
+    )
+    .await
+    .map_err(failed)?;
+    let expire = format!("+{}", state.consoles.tickets.ttl().as_secs().max(1));
+    qmp::command(&sock, "expire_password", Some(json!({"protocol": "spice", "time": expire})))
+        .await
+        .map_err(failed)?;
+    Ok(password)
+}
+
+/// Open the VM's SPICE console: a WebSocket path for the browser, and a port and password for
+/// remote-viewer.
+#[utoipa::path(get, path = "/api/vms/{vm_id}/spice", tag = "consoles", security(("bearer" = [])),
+    params(("vm_id" = String, Path)),
+    responses((status = 200, body = SpiceAccess), (status = 404, body = ErrorBody),
+        (status = 409, description = "The VM is not running", body = ErrorBody)))]
+async fn spice(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<SpiceAccess>> {
+    let vm = running_vm(&state, &user, &vm_id).await?;
+    let spice_port = state.consoles.remote.ensure(&state, &vm.id).await?;
+    let password = fresh_spice_password(&state, &vm.id).await?;
+    let ticket = state.consoles.tickets.issue(&user.username, &vm.id, Kind::Spice);
+    Ok(Json(SpiceAccess {
+        status: "ready".into(),
+        ws_url: format!("/ws/spice/{}?ticket={ticket}", vm.id),
+        spice_port,
+        password,
+        vv_url: format!("/api/vms/{}/spice.vv", vm.id),
+    }))
+}
+
+/// Open the VM's VNC console (for noVNC).
+#[utoipa::path(get, path = "/api/vms/{vm_id}/vnc", tag = "consoles", security(("bearer" = [])),
+    params(("vm_id" = String, Path)),
+    responses((status = 200, body = VncAccess), (status = 404, body = ErrorBody),
+        (status = 409, description = "The VM is not running", body = ErrorBody)))]
+async fn vnc(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<VncAccess>> {
+    let vm = running_vm(&state, &user, &vm_id).await?;
+    let ticket = state.consoles.tickets.issue(&user.username, &vm.id, Kind::Vnc);
+    Ok(Json(VncAccess { status: "ready".into(), ws_url: format!("/ws/vnc/{}?ticket={ticket}", vm.id) }))
+}
+
+async fn disconnect(
+    state: &AppState,
+    user: &SessionUser,
+    vm_id: &str,
+    kind: Kind,
+) -> ApiResult<Json<Message>> {
+    let vm = crate::vms::owned(state, user, vm_id).await?;
+    let closed = state.consoles.connections.disconnect(&vm.id, kind);
+    if kind == Kind::Spice && vm.status == VmStatus::Running {
+        // Also keep the password that was handed out from opening new connections.
+        let sock = state.vms.run_dirs.qmp(&vm.id);
+        let _ =
+            qmp::command(&sock, "expire_password", Some(json!({"protocol": "spice", "time": "now"}))).await;
+    }
+    Ok(Message::ok(format!("Closed {closed} {} connection(s) of {}", kind.name(), vm.spec.name)))
+}
+
+/// Close every proxied SPICE connection of the VM (browser and remote-viewer).
+#[utoipa::path(post, path = "/api/vms/{vm_id}/spice/disconnect", tag = "consoles", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
+async fn spice_disconnect(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<Message>> {
+    audit.action("console.spice.disconnect").target(&vm_id);
+    disconnect(&state, &user, &vm_id, Kind::Spice).await
+}
+
+/// Close every proxied VNC connection of the VM.
+#[utoipa::path(post, path = "/api/vms/{vm_id}/vnc/disconnect", tag = "consoles", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
+async fn vnc_disconnect(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<Message>> {
+    audit.action("console.vnc.disconnect").target(&vm_id);
+    disconnect(&state, &user, &vm_id, Kind::Vnc).await
+}
+
+/// The host remote-viewer should connect to: the bind address when it is a specific one, else the
+/// host name the client reached the controller by.
+fn viewer_host(state: &AppState, headers: &HeaderMap) -> String {
+    let bind = state.settings.spice_bind.trim();
+    if bind != "0.0.0.0" && bind != "::" {
+        return bind.to_string();
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
+        _ => host.to_string(),
+    }
+}
+
+/// A virt-viewer connection file: opening it starts remote-viewer on this VM's console. It holds a
+/// fresh SPICE password that expires shortly.
+#[utoipa::path(get, path = "/api/vms/{vm_id}/spice.vv", tag = "consoles", security(("bearer" = [])),
+    params(("vm_id" = String, Path)),
+    responses((status = 200, description = "application/x-virt-viewer", content_type = "application/x-virt-viewer", body = String),
+        (status = 404, body = ErrorBody), (status = 409, description = "The VM is not running", body = ErrorBody)))]
+async fn spice_vv(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let vm = running_vm(&state, &user, &vm_id).await?;
+    let port = state.consoles.remote.ensure(&state, &vm.id).await?;
+    let password = fresh_spice_password(&state, &vm.id).await?;
+    // The title is the VM's name, which validation keeps to letters, digits and ` _ . -`.
+    let body = format!(
+        "[virt-viewer]\ntype=spice\nhost={}\nport={port}\npassword={password}\ntitle={} - Fast VM\n\
+         delete-this-file=1\ntoggle-fullscreen=shift+f11\nrelease-cursor=shift+f12\n\
+         secure-attention=ctrl+alt+end\n",
+        viewer_host(&state, &headers),
+        vm.spec.name,
+    );
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-virt-viewer"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}.vv\"", vm.id)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Whether SPICE guest tools (spice-guest-tools or virtio-win) are in the ISO library, to attach to a
+/// Windows guest.
+#[utoipa::path(get, path = "/api/spice-tools", tag = "consoles", security(("bearer" = [])),
+    responses((status = 200, body = SpiceTools)))]
+async fn spice_tools(State(state): State<AppState>, _user: AuthUser) -> Json<SpiceTools> {
+    let found = crate::isos::library(&state.settings).into_iter().find(|iso| {
+        let name = iso.name.to_ascii_lowercase();
+        name.starts_with("spice-guest-tools") || name.starts_with("virtio-win")
+    });
+    Json(SpiceTools { available: found.is_some(), path: found.map(|iso| iso.path) })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WsAuth {
+    ticket: Option<String>,
+    token: Option<String>,
+}
+
+/// Why a console WebSocket is refused, as a close code.
+enum Refusal {
+    Unauthenticated,
+    Forbidden,
+    NoSuchVm,
+    NotRunning,
+}
+
+impl Refusal {
+    fn close(&self) -> (u16, &'static str) {
+        match self {
+            Refusal::Unauthenticated => (4401, "a valid console ticket or token is required"),
+            Refusal::Forbidden => (4403, "no access to this VM's console"),
+            Refusal::NoSuchVm => (4404, "VM not found"),
+            Refusal::NotRunning => (4409, "the VM is not running"),
+        }
+    }
+}
+
+/// Who may open this console: a ticket for this VM and kind, or a bearer token of a user who may
+/// see the VM.
+async fn authorize(state: &AppState, vm_id: &str, kind: Kind, auth: &WsAuth) -> Result<(), Refusal> {
+    let user = if let Some(ticket) = auth.ticket.as_deref() {
+        let t = state.consoles.tickets.check(ticket).ok_or(Refusal::Unauthenticated)?;
+        if t.vm_id != vm_id || t.kind != kind {
+            return Err(Refusal::Forbidden);
+        }
+        // The user must still exist (and keeps only the rights they have now).
+        let name = t.username.clone();
+        let info = state
+            .store
+            .call(move |c| Ok(users::get(c, &name)?))
+            .await
+            .map_err(|_| Refusal::Unauthenticated)?
+            .ok_or(Refusal::Unauthenticated)?;
+        SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() }
+    } else if let Some(token) = auth.token.as_deref() {
+        session_from_token(state, token).await.map_err(|_| Refusal::Unauthenticated)?
+    } else {
+        return Err(Refusal::Unauthenticated);
+    };
+    let vm = match state.vms.get(vm_id).await {
+        Ok(vm) => vm,
+        Err(ApiError::NotFound(_)) => return Err(Refusal::NoSuchVm),
+        Err(_) => return Err(Refusal::NotRunning),
+    };
+    if !user.is_admin && vm.owner != user.username {
+        return Err(Refusal::Forbidden);
+    }
+    if vm.status != VmStatus::Running {
+        return Err(Refusal::NotRunning);
+    }
+    Ok(())
+}
+
+async fn console_ws(
+    state: AppState,
+    vm_id: String,
+    kind: Kind,
+    auth: WsAuth,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let verdict = authorize(&state, &vm_id, kind, &auth).await;
+    // spice-html5 and noVNC ask for the `binary` subprotocol and drop a socket that does not echo it.
+    ws.protocols(["binary"]).on_upgrade(move |socket| async move {
+        match verdict {
+            Err(refusal) => {
+                let (code, reason) = refusal.close();
+                relay::close(socket, code, reason).await;
+            }
+            Ok(()) => {
+                let cut = state.consoles.connections.join(&vm_id, kind);
+                let path = state.vms.run_dirs.of(&vm_id).join(kind.socket());
+                relay::websocket(socket, &path, cut).await;
+            }
+        }
+    })
+}
+
+/// WebSocket relay to the VM's SPICE socket (one per SPICE channel), for spice-html5. Authenticate
+/// with `?ticket=` (from `GET /api/vms/{vm_id}/spice`) or `?token=`. Refusals close the socket with
+/// 4401 (no valid ticket or token), 4403 (no access), 4404 (no such VM) or 4409 (not running).
+#[utoipa::path(get, path = "/ws/spice/{vm_id}", tag = "consoles",
+    params(("vm_id" = String, Path), ("ticket" = Option<String>, Query), ("token" = Option<String>, Query)),
+    responses((status = 101, description = "Switching to the WebSocket protocol")))]
+async fn spice_ws(
+    State(state): State<AppState>,
+    Path(vm_id): Path<String>,
+    Query(auth): Query<WsAuth>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    console_ws(state, vm_id, Kind::Spice, auth, ws).await
+}
+
+/// WebSocket relay to the VM's VNC socket, for noVNC. Authentication and refusals as for SPICE.
+#[utoipa::path(get, path = "/ws/vnc/{vm_id}", tag = "consoles",
+    params(("vm_id" = String, Path), ("ticket" = Option<String>, Query), ("token" = Option<String>, Query)),
+    responses((status = 101, description = "Switching to the WebSocket protocol")))]
+async fn vnc_ws(
+    State(state): State<AppState>,
+    Path(vm_id): Path<String>,
+    Query(auth): Query<WsAuth>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    console_ws(state, vm_id, Kind::Vnc, auth, ws).await
+}
