@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -16,8 +17,9 @@ use tokio::sync::watch;
 
 use super::Kind;
 
-/// Largest chunk read from QEMU per frame.
-const CHUNK: usize = 64 * 1024;
+/// Largest chunk read from QEMU per frame: big frames keep per-frame costs low on bulk transfers
+/// (a display update), while a small read still goes out at once.
+const CHUNK: usize = 256 * 1024;
 
 /// Live proxied connections per (VM, console kind). Each connection holds a receiver; a disconnect
 /// bumps the generation, which every receiver of that VM and kind sees.
@@ -77,10 +79,13 @@ pub async fn websocket(ws: WebSocket, socket: &Path, mut cut: watch::Receiver<u6
         }
     };
     let downstream = async {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = BytesMut::with_capacity(CHUNK);
         loop {
+            if buf.capacity() < CHUNK / 4 {
+                buf.reserve(CHUNK);
+            }
             tokio::select! {
-                read = from_vm.read(&mut buf) => match read {
+                read = from_vm.read_buf(&mut buf) => match read {
                     Ok(0) | Err(_) => {
                         let _ = to_browser.send(Message::Close(Some(CloseFrame {
                             code: 1000,
@@ -88,9 +93,9 @@ pub async fn websocket(ws: WebSocket, socket: &Path, mut cut: watch::Receiver<u6
                         }))).await;
                         break;
                     }
-                    Ok(n) => {
-                        let frame = Message::Binary(axum::body::Bytes::copy_from_slice(&buf[..n]));
-                        if to_browser.send(frame).await.is_err() {
+                    Ok(_) => {
+                        // The frame takes the bytes as they are: no copy.
+                        if to_browser.send(Message::Binary(buf.split().freeze())).await.is_err() {
                             break;
                         }
                     }
