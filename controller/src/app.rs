@@ -21,6 +21,7 @@ use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
 use crate::consoles::Consoles;
+use crate::metrics::Metrics;
 use crate::runtime::docker::{self, DockerRuntime};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{RunDirs, Runtime};
@@ -28,7 +29,8 @@ use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
 use crate::{
-    audit, auth, backups, cloudinit, consoles, host, http, isos, jobs, snapshots, system, vms, volumes, web,
+    audit, auth, backups, cloudinit, consoles, host, http, isos, jobs, metrics, snapshots, system, vms,
+    volumes, web,
 };
 
 #[derive(OpenApi)]
@@ -52,6 +54,7 @@ use crate::{
         (name = "snapshots", description = "VM snapshots, with or without RAM"),
         (name = "backups", description = "Verified backup archives, restore"),
         (name = "consoles", description = "SPICE and VNC consoles: browser WebSocket proxy, remote-viewer"),
+        (name = "metrics", description = "Host and VM metrics: current, history, live push"),
         (name = "jobs", description = "Long-running work (backups, restores) and its progress"),
     )
 )]
@@ -79,6 +82,7 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
         .merge(backups::routes())
         .merge(jobs::routes())
         .merge(consoles::routes())
+        .merge(metrics::routes())
         .split_for_parts()
 }
 
@@ -120,8 +124,10 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         }
     });
     let consoles = Arc::new(Consoles::new(Duration::from_secs(settings.console_ticket_ttl)));
+    let metrics = Arc::new(Metrics::new(Duration::from_secs(settings.metrics_interval)));
     let state = AppState {
         consoles,
+        metrics,
         login_limiter: Arc::new(LoginLimiter::new(settings.login_rate_limit)),
         settings: Arc::new(settings),
         store,
@@ -129,6 +135,7 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         vms,
         jobs: Arc::default(),
     };
+    metrics::start_collector(state.clone());
     let scheduler = state.clone();
     tokio::spawn(async move {
         loop {
@@ -210,7 +217,11 @@ pub fn router(state: AppState) -> Router {
     let production = state.settings.production;
     let cors = http::cors(&state.settings.cors_origins);
     Router::new()
-        .merge(api.layer(from_fn_with_state(state.clone(), audit::middleware)))
+        .merge(
+            api.layer(from_fn_with_state(state.clone(), audit::middleware))
+                .layer(from_fn_with_state(state.clone(), metrics::prometheus::track)),
+        )
+        .route("/metrics", axum::routing::get(metrics::prometheus::scrape))
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", doc))
         .fallback(web::serve)
         .layer(from_fn(http::json_errors))

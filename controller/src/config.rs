@@ -69,6 +69,12 @@ pub struct Settings {
     /// Seconds a console ticket stays valid for opening a console's channels.
     #[arg(long, env = "FASTVM_CONSOLE_TICKET_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub console_ticket_ttl: u64,
+    /// Seconds between two metric collections.
+    #[arg(long, env = "FASTVM_METRICS_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metrics_interval: u64,
+    /// Addresses (comma-separated IPs or CIDRs) that may read `/metrics` without a token.
+    #[arg(long, env = "FASTVM_METRICS_ALLOW", default_value = "127.0.0.1/8,::1")]
+    pub metrics_allow: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +128,8 @@ impl Settings {
             spice_bind: "127.0.0.1".into(),
             spice_port_base: 5800,
             console_ticket_ttl: 60,
+            metrics_interval: 10,
+            metrics_allow: "127.0.0.1/8,::1".into(),
         }
     }
 

@@ -7,6 +7,7 @@ use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
 use crate::consoles::Consoles;
 use crate::jobs::Jobs;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
 
@@ -19,4 +20,5 @@ pub struct AppState {
     pub vms: Arc<VmManager>,
     pub jobs: Arc<Jobs>,
     pub consoles: Arc<Consoles>,
+    pub metrics: Arc<Metrics>,
 }

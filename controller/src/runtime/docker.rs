@@ -13,14 +13,14 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, Mount, MountType, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
 };
 use futures_util::StreamExt;
 use vmrunner::argv::Accel;
 use vmrunner::run_config::RunConfig;
 use vmrunner::{NetworkType, Protocol};
 
-use super::{Actual, RunDirs, Runtime, wait_ready, write_run_config};
+use super::{Actual, RunDirs, Runtime, Usage, wait_ready, write_run_config};
 
 pub const LABEL_MANAGED: &str = "fastvm.managed";
 pub const LABEL_VM_ID: &str = "fastvm.vm_id";
@@ -292,6 +292,21 @@ impl Runtime for DockerRuntime {
         let state = self.state(vm_id).await?;
         let running = state.is_some_and(|s| s.0);
         Ok(Actual { vm_id: vm_id.to_string(), running, pid: state.and_then(|s| s.1).map(|p| p as u32) })
+    }
+
+    /// From the container's stats: everything in it (vmrunner, swtpm, QEMU) is the VM's cost.
+    async fn usage(&self, vm_id: &str) -> Option<Usage> {
+        let opts = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+        let stats = self.docker.stats(&container_name(vm_id), Some(opts)).next().await?.ok()?;
+        let cpu_ns = stats.cpu_stats.as_ref()?.cpu_usage.as_ref()?.total_usage?;
+        let memory = stats.memory_stats.as_ref()?;
+        // Page cache the container could give back is not what the VM costs (cgroup v2, then v1).
+        let cache = memory
+            .stats
+            .as_ref()
+            .and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")).copied())
+            .unwrap_or(0);
+        Some(Usage { cpu_seconds: cpu_ns as f64 / 1e9, memory_bytes: memory.usage?.saturating_sub(cache) })
     }
 
     async fn list(&self) -> anyhow::Result<Vec<Actual>> {

@@ -36,6 +36,33 @@ pub struct Actual {
     pub pid: Option<u32>,
 }
 
+/// What a running VM's QEMU costs the host right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// CPU time used since QEMU (or its container) started, in seconds: rates come from differences.
+    pub cpu_seconds: f64,
+    /// Resident memory.
+    pub memory_bytes: u64,
+}
+
+/// CPU time and resident memory of a process, from /proc.
+pub fn process_usage(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 =
+        fields.get(11)?.parse::<u64>().ok()? as f64 + fields.get(12)?.parse::<u64>().ok()? as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 =
+        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Usage { cpu_seconds: ticks / clock_ticks(), memory_bytes: rss_kb * 1024 })
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|t| *t > 0).unwrap_or(100)
+        as f64
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
@@ -59,6 +86,10 @@ pub trait Runtime: Send + Sync {
     /// The runtime's own account of how the last run ended (exit code, last log lines), if any.
     async fn exit_detail(&self, _vm_id: &str) -> Option<String> {
         None
+    }
+    /// CPU and memory of the running VM (its QEMU process, or its container).
+    async fn usage(&self, vm_id: &str) -> Option<Usage> {
+        process_usage(self.inspect(vm_id).await.ok()?.pid?)
     }
 
     /// ACPI power button (graceful), then QMP `quit`, then `kill`: each step only if the one before

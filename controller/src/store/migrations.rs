@@ -119,6 +119,16 @@ const MIGRATIONS: &[&str] = &[
         last_error    TEXT
     );
     "#,
+    // 6: metric history, one point per series ("host", "vm:<id>") per minute, kept for a day.
+    r#"
+    CREATE TABLE metrics_history (
+        series TEXT NOT NULL,
+        ts     INTEGER NOT NULL,
+        data   TEXT NOT NULL,
+        PRIMARY KEY (series, ts)
+    ) WITHOUT ROWID;
+    CREATE INDEX metrics_history_by_ts ON metrics_history(ts);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

@@ -37,6 +37,24 @@ pub struct VmManager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Woken by runtime events so that reconciliation happens at once.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Every change of a VM's state, as it happens (pushed to browsers over /ws/metrics).
+    pub events: tokio::sync::broadcast::Sender<VmStateEvent>,
+}
+
+/// A VM started, stopped, crashed, was adopted or deleted.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct VmStateEvent {
+    pub vm_id: String,
+    pub name: String,
+    /// `running` or `stopped` (deleted VMs: `stopped`).
+    pub status: VmStatus,
+    /// `started`, `stopped`, `crashed`, `start_failed`, `adopted` or `deleted`.
+    pub event: String,
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub ts: i64,
+    #[serde(skip)]
+    pub owner: String,
 }
 
 pub fn accel_name(a: Accel) -> &'static str {
@@ -88,7 +106,21 @@ impl VmManager {
             swtpm,
             locks: Mutex::new(HashMap::new()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            events: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    fn emit(&self, vm: &VmRecord, status: VmStatus, event: &str, last_error: Option<String>) {
+        // Nobody listening is fine.
+        let _ = self.events.send(VmStateEvent {
+            vm_id: vm.id.clone(),
+            name: vm.spec.name.clone(),
+            status,
+            event: event.into(),
+            last_error,
+            ts: now_unix(),
+            owner: vm.owner.clone(),
+        });
     }
 
     pub async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
@@ -123,6 +155,11 @@ impl VmManager {
     }
 
     /// The runtime that runs `vm`.
+    /// The runtime that runs `vm`, if this controller has it loaded.
+    pub fn runtime_of(&self, vm: &VmRecord) -> Option<&Arc<dyn Runtime>> {
+        self.rt(vm).ok()
+    }
+
     fn rt(&self, vm: &VmRecord) -> ApiResult<&Arc<dyn Runtime>> {
         self.runtimes.get(vm.runtime.as_str()).ok_or_else(|| {
             ApiError::Unavailable(format!(
@@ -285,12 +322,14 @@ impl VmManager {
             Ok(_) => {
                 let (id, accel) = (vm.id.clone(), accel_name(self.accel));
                 self.store.call(move |c| Ok(store::set_running(c, &id, accel, now_unix())?)).await?;
+                self.emit(vm, VmStatus::Running, "started", None);
                 Ok(())
             }
             Err(e) => {
                 let msg = format!("{e:#}");
                 let (id, m) = (vm.id.clone(), msg.clone());
                 self.store.call(move |c| Ok(store::set_stopped(c, &id, Some(&m), now_unix())?)).await?;
+                self.emit(vm, VmStatus::Stopped, "start_failed", Some(msg.clone()));
                 Err(ApiError::Operation(msg))
             }
         }
@@ -312,6 +351,7 @@ impl VmManager {
         self.rt(vm)?.stop(&vm.id, mode).await.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
         let i = vm.id.clone();
         self.store.call(move |c| Ok(store::set_stopped(c, &i, None, now_unix())?)).await?;
+        self.emit(vm, VmStatus::Stopped, "stopped", None);
         Ok(())
     }
 
@@ -359,6 +399,7 @@ impl VmManager {
             .map_err(|e| ApiError::Operation(format!("removing the VM's container: {e:#}")))?;
         let i = id.to_string();
         self.store.call(move |c| Ok(store::delete(c, &i)?)).await?;
+        self.emit(&vm, VmStatus::Stopped, "deleted", None);
         // Only the VM's own directories: ISOs live elsewhere and are never touched.
         for dir in [self.vms_dir.join(id), self.run_dirs.of(id)] {
             if let Err(e) = remove_dir_if_present(&dir) {
@@ -438,13 +479,16 @@ impl VmManager {
                 if let Some(e) = &error {
                     tracing::warn!(vm_id = id, error = e, "VM stopped unexpectedly");
                 }
-                let id = id.to_string();
-                self.store.call(move |c| Ok(store::set_stopped(c, &id, error.as_deref(), now)?)).await?;
+                let (i, e) = (id.to_string(), error.clone());
+                self.store.call(move |c| Ok(store::set_stopped(c, &i, e.as_deref(), now)?)).await?;
+                let event = if error.is_some() { "crashed" } else { "stopped" };
+                self.emit(&vm, VmStatus::Stopped, event, error);
             }
             (VmStatus::Stopped, true) => {
                 tracing::info!(vm_id = id, "adopting running VM");
-                let id = id.to_string();
-                self.store.call(move |c| Ok(store::adopt_running(c, &id, now)?)).await?;
+                let i = id.to_string();
+                self.store.call(move |c| Ok(store::adopt_running(c, &i, now)?)).await?;
+                self.emit(&vm, VmStatus::Running, "adopted", None);
             }
             _ => {}
         }

@@ -4,6 +4,7 @@
 //! admins see all and may hand a VM to another user.
 
 mod clone;
+pub mod guest;
 pub mod manager;
 pub mod model;
 pub mod store;
@@ -38,6 +39,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(restart_vm))
         .routes(routes!(vm_logs))
         .routes(routes!(clone_vm))
+        .merge(guest::routes())
+}
+
+/// The API view of a VM, with the addresses its guest agent last reported.
+fn view(state: &AppState, vm: &VmRecord) -> VmView {
+    let mut v = VmView::from(vm);
+    v.ip_addresses = state.metrics.guest_addresses(&vm.id);
+    v
 }
 
 fn visible(user: &SessionUser, vm: &VmRecord) -> bool {
@@ -59,7 +68,7 @@ fn respond(message: impl Into<String>, vm: &VmRecord) -> Json<VmActionResponse> 
     responses((status = 200, body = Vec<VmView>), (status = 401, body = ErrorBody)))]
 async fn list_vms(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<Vec<VmView>>> {
     let all = state.store.call(|c| Ok(store::list(c)?)).await?;
-    Ok(Json(all.iter().filter(|vm| visible(&user, vm)).map(VmView::from).collect()))
+    Ok(Json(all.iter().filter(|vm| visible(&user, vm)).map(|vm| view(&state, vm)).collect()))
 }
 
 /// Create a VM (stopped). Its disk is created at first start.
@@ -92,7 +101,7 @@ async fn get_vm(
     AuthUser(user): AuthUser,
     Path(vm_id): Path<String>,
 ) -> ApiResult<Json<VmView>> {
-    Ok(Json(VmView::from(&owned(&state, &user, &vm_id).await?)))
+    Ok(Json(view(&state, &owned(&state, &user, &vm_id).await?)))
 }
 
 /// Change a stopped VM's configuration. Send only the fields to change; `owner` (admins only) hands

@@ -82,6 +82,8 @@ pub struct VmView {
     pub started_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// What the guest agent last reported (IPv4 first); empty without an agent.
+    pub ip_addresses: Vec<String>,
 }
 
 impl From<&VmRecord> for VmView {
@@ -101,6 +103,7 @@ impl From<&VmRecord> for VmView {
             started_at: r.started_at.map(rfc3339),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
+            ip_addresses: Vec::new(),
         }
     }
 }

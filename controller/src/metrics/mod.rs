@@ -1,0 +1,326 @@
+//! Live metrics: one collector task reads the host and every running VM each
+//! `FASTVM_METRICS_INTERVAL` seconds, keeps history (see `history`), pushes each pass to
+//! `/ws/metrics` (see `push`) and serves it as JSON and in the Prometheus format (see `prometheus`).
+
+pub mod history;
+pub mod host;
+pub mod prometheus;
+pub mod push;
+pub mod vm;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::AuthUser;
+use crate::auth::users::SessionUser;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::guest_agent::{self, AgentLocks, GuestInterface};
+use crate::state::AppState;
+use crate::store::now_unix;
+use crate::vms::model::{VmRecord, VmStatus};
+use history::{HOST, Ring, vm_series};
+use host::{HostMetrics, HostSampler};
+use vm::{Reading, Readings, VmMetrics};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(system_metrics))
+        .routes(routes!(vm_metrics))
+        .routes(routes!(metrics_history))
+        .routes(routes!(vm_metrics_history))
+        .routes(routes!(push::metrics_ws))
+}
+
+/// One collection pass: the host and every running VM.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Snapshot {
+    pub ts: i64,
+    pub host: HostMetrics,
+    pub vms: Vec<VmMetrics>,
+    /// Owner of each VM in `vms`, for filtering what a user may see.
+    #[serde(skip)]
+    pub owners: HashMap<String, String>,
+}
+
+impl Snapshot {
+    /// The snapshot as `user` may see it.
+    pub fn visible_to(&self, user: &SessionUser) -> Snapshot {
+        let mut s = self.clone();
+        if !user.is_admin {
+            s.vms.retain(|m| self.owners.get(&m.vm_id) == Some(&user.username));
+        }
+        s
+    }
+}
+
+#[derive(Default)]
+struct Latest {
+    snapshot: Option<Arc<Snapshot>>,
+    host_ring: Ring<HostMetrics>,
+    vm_rings: HashMap<String, Ring<VmMetrics>>,
+    /// What each VM's guest agent last said about its interfaces.
+    guests: HashMap<String, Vec<GuestInterface>>,
+    last_stored: i64,
+}
+
+/// Everything the collector produces, for handlers to read.
+pub struct Metrics {
+    latest: Mutex<Latest>,
+    pub passes: broadcast::Sender<Arc<Snapshot>>,
+    pub agents: AgentLocks,
+    pub http: prometheus::HttpStats,
+    pub interval: Duration,
+}
+
+impl Metrics {
+    pub fn new(interval: Duration) -> Self {
+        Metrics {
+            latest: Mutex::default(),
+            passes: broadcast::channel(16).0,
+            agents: AgentLocks::default(),
+            http: prometheus::HttpStats::default(),
+            interval,
+        }
+    }
+
+    fn latest(&self) -> MutexGuard<'_, Latest> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.latest().snapshot.clone()
+    }
+
+    /// The addresses the VM's guest agent reported last (empty without an agent).
+    pub fn guest_addresses(&self, vm_id: &str) -> Vec<String> {
+        self.latest().guests.get(vm_id).map(|i| guest_agent::display_addresses(i)).unwrap_or_default()
+    }
+}
+
+/// Raw counters of one running VM, read concurrently with the others.
+async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
+    let usage = match state.vms.runtime_of(vm) {
+        Some(rt) => rt.usage(&vm.id).await,
+        None => None,
+    };
+    let qmp_sock = state.vms.run_dirs.qmp(&vm.id);
+    let (disks, guest_memory_bytes) = match crate::qmp::Qmp::connect(&qmp_sock).await {
+        Ok(mut q) => {
+            let disks = q.execute("query-blockstats", None).await.ok().map(|s| vm::disk_counters(&s));
+            // Only VMs with a balloon device answer this.
+            let balloon = q.execute("query-balloon", None).await.ok().and_then(|b| b["actual"].as_u64());
+            (disks, balloon)
+        }
+        Err(_) => (None, None),
+    };
+    let qga_sock = state.vms.run_dirs.of(&vm.id).join("qga.sock");
+    let interfaces = guest_agent::with_agent(&state.metrics.agents, &vm.id, &qga_sock, async |agent| {
+        agent.execute("guest-network-get-interfaces", None).await
+    })
+    .await
+    .ok()
+    .map(|reply: Value| guest_agent::interfaces(&reply));
+    Reading { at: Instant::now(), usage, disks, guest_memory_bytes, interfaces }
+}
+
+/// One pass: reads everything, records it, and pushes it to listeners.
+pub async fn collect(
+    state: &AppState,
+    host: &mut HostSampler,
+    readings: &mut Readings,
+) -> anyhow::Result<()> {
+    let ts = now_unix();
+    let host_metrics = host.sample(ts);
+    let running: Vec<VmRecord> = state
+        .store
+        .call(|c| Ok(crate::vms::store::list(c)?))
+        .await?
+        .into_iter()
+        .filter(|vm| vm.status == VmStatus::Running)
+        .collect();
+    let fresh = join_all(running.iter().map(|vm| read_vm(state, vm))).await;
+    let mut vms = Vec::with_capacity(running.len());
+    let mut owners = HashMap::new();
+    let mut guests = HashMap::new();
+    let mut next = Readings::new();
+    for (vm, reading) in running.iter().zip(fresh) {
+        vms.push(vm::metrics(&vm.id, &vm.spec.name, ts, &reading, readings.get(&vm.id)));
+        owners.insert(vm.id.clone(), vm.owner.clone());
+        if let Some(i) = &reading.interfaces {
+            guests.insert(vm.id.clone(), i.clone());
+        }
+        next.insert(vm.id.clone(), reading);
+    }
+    // Stopped VMs drop out, so a VM that runs again starts its rates afresh.
+    *readings = next;
+    let snapshot = Arc::new(Snapshot { ts, host: host_metrics, vms, owners });
+    let store_now = {
+        let mut latest = state.metrics.latest();
+        latest.host_ring.push(ts, snapshot.host.clone());
+        for m in &snapshot.vms {
+            latest.vm_rings.entry(m.vm_id.clone()).or_default().push(ts, m.clone());
+        }
+        latest.vm_rings.retain(|id, _| snapshot.owners.contains_key(id));
+        // Addresses are kept while the agent is merely slow to answer, dropped when the VM stops.
+        latest.guests.retain(|id, _| snapshot.owners.contains_key(id));
+        latest.guests.extend(guests);
+        latest.snapshot = Some(snapshot.clone());
+        let due = ts - latest.last_stored >= history::STORED_EVERY;
+        if due {
+            latest.last_stored = ts;
+        }
+        due
+    };
+    if store_now {
+        let mut points: Vec<(String, Value)> = vec![(HOST.into(), serde_json::to_value(&snapshot.host)?)];
+        for m in &snapshot.vms {
+            points.push((vm_series(&m.vm_id), serde_json::to_value(m)?));
+        }
+        state.store.call(move |c| history::store(c, ts, &points)).await?;
+    }
+    let _ = state.metrics.passes.send(snapshot);
+    Ok(())
+}
+
+/// Starts the collector task.
+pub fn start_collector(state: AppState) {
+    tokio::spawn(async move {
+        let mut host = HostSampler::new(state.settings.data_dir.clone());
+        let mut readings = Readings::new();
+        let mut tick = tokio::time::interval(state.metrics.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = collect(&state, &mut host, &mut readings).await {
+                tracing::warn!(error = %format!("{e:#}"), "metrics collection failed");
+            }
+        }
+    });
+}
+
+/// The host right now (the last collection).
+#[utoipa::path(get, path = "/api/system/metrics", tag = "metrics", security(("bearer" = [])),
+    responses((status = 200, body = HostMetrics), (status = 503, description = "No collection yet", body = ErrorBody)))]
+async fn system_metrics(State(state): State<AppState>, _user: AuthUser) -> ApiResult<Json<HostMetrics>> {
+    let snapshot = state
+        .metrics
+        .snapshot()
+        .ok_or_else(|| ApiError::Unavailable("Metrics are not collected yet; try again shortly".into()))?;
+    Ok(Json(snapshot.host.clone()))
+}
+
+/// A VM right now (the last collection); a stopped VM has all-zero readings.
+#[utoipa::path(get, path = "/api/vms/{vm_id}/metrics", tag = "metrics", security(("bearer" = [])),
+    params(("vm_id" = String, Path)), responses((status = 200, body = VmMetrics), (status = 404, body = ErrorBody)))]
+async fn vm_metrics(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<VmMetrics>> {
+    let vm = crate::vms::owned(&state, &user, &vm_id).await?;
+    let current = state.metrics.snapshot().and_then(|s| s.vms.iter().find(|m| m.vm_id == vm.id).cloned());
+    Ok(Json(current.unwrap_or_else(|| VmMetrics {
+        ts: now_unix(),
+        vm_id: vm.id.clone(),
+        name: vm.spec.name.clone(),
+        ..VmMetrics::default()
+    })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// How far back, 1-1440 (default 10). Up to 10 minutes: every collection; beyond: one point a minute.
+    pub minutes: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    pub host: Vec<HostMetrics>,
+    pub vms: HashMap<String, Vec<VmMetrics>>,
+}
+
+fn window(q: &HistoryQuery) -> ApiResult<i64> {
+    let minutes = q.minutes.unwrap_or(10);
+    if !(1..=1440).contains(&minutes) {
+        return Err(ApiError::BadRequest("minutes: must be 1 to 1440".into()));
+    }
+    Ok(minutes)
+}
+
+/// Host and VM series over the window: from memory for the last 10 minutes, else from the stored
+/// one-per-minute history (which survives restarts).
+async fn series(state: &AppState, minutes: i64, vm_filter: impl Fn(&str) -> bool) -> ApiResult<History> {
+    let since = now_unix() - minutes * 60;
+    if minutes * 60 <= history::RECENT_SECONDS {
+        let latest = state.metrics.latest();
+        if !latest.host_ring.since(since).is_empty() {
+            let vms = latest
+                .vm_rings
+                .iter()
+                .filter(|(id, _)| vm_filter(id))
+                .map(|(id, ring)| (id.clone(), ring.since(since)))
+                .collect();
+            return Ok(History { host: latest.host_ring.since(since), vms });
+        }
+    }
+    let (host, vms) = state
+        .store
+        .call(move |c| {
+            let host: HashMap<String, Vec<HostMetrics>> = history::load(c, HOST, since)?;
+            let vms: HashMap<String, Vec<VmMetrics>> = history::load(c, "vm:", since)?;
+            Ok((host, vms))
+        })
+        .await?;
+    let vms = vms
+        .into_iter()
+        .filter_map(|(series, points)| Some((series.strip_prefix("vm:")?.to_string(), points)))
+        .filter(|(id, _)| vm_filter(id))
+        .collect();
+    Ok(History { host: host.into_values().next().unwrap_or_default(), vms })
+}
+
+/// Metric history of the host and of the VMs you may see.
+#[utoipa::path(get, path = "/api/metrics/history", tag = "metrics", security(("bearer" = [])),
+    params(HistoryQuery), responses((status = 200, body = History), (status = 400, body = ErrorBody)))]
+async fn metrics_history(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<History>> {
+    let minutes = window(&q)?;
+    let visible: Option<Vec<String>> = if user.is_admin {
+        None
+    } else {
+        let all = state.store.call(|c| Ok(crate::vms::store::list(c)?)).await?;
+        Some(all.into_iter().filter(|vm| vm.owner == user.username).map(|vm| vm.id).collect())
+    };
+    let filter = |id: &str| visible.as_ref().is_none_or(|v| v.iter().any(|x| x == id));
+    Ok(Json(series(&state, minutes, filter).await?))
+}
+
+/// Metric history of one VM.
+#[utoipa::path(get, path = "/api/vms/{vm_id}/metrics/history", tag = "metrics", security(("bearer" = [])),
+    params(("vm_id" = String, Path), HistoryQuery),
+    responses((status = 200, body = Vec<VmMetrics>), (status = 404, body = ErrorBody)))]
+async fn vm_metrics_history(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<Vec<VmMetrics>>> {
+    let minutes = window(&q)?;
+    let vm = crate::vms::owned(&state, &user, &vm_id).await?;
+    let mut h = series(&state, minutes, |id| id == vm.id).await?;
+    Ok(Json(h.vms.remove(&vm.id).unwrap_or_default()))
+}

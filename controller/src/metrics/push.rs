@@ -1,0 +1,112 @@
+//! `WS /ws/metrics`: the current snapshot on connect, then every collection pass, VM state changes
+//! and job progress as they happen, each a JSON text message with a `type`. Users who are not
+//! admins only hear about their own VMs and jobs. A client that falls behind is dropped rather than
+//! buffered for.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::extract::session_from_token;
+use crate::auth::users::SessionUser;
+use crate::jobs::may_see;
+use crate::state::AppState;
+
+/// A message the client has not taken within this time ends the connection.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+pub struct WsAuth {
+    token: Option<String>,
+}
+
+/// Live metrics, VM state changes and job progress. Authenticate with `?token=`; without a valid
+/// one the socket is closed with 4401.
+#[utoipa::path(get, path = "/ws/metrics", tag = "metrics",
+    params(("token" = String, Query)),
+    responses((status = 101, description = "Switching to the WebSocket protocol; messages are JSON with a `type`: \
+        `snapshot`, `metrics`, `vm_state` or `job`")))]
+pub async fn metrics_ws(
+    State(state): State<AppState>,
+    Query(auth): Query<WsAuth>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let user = match auth.token.as_deref() {
+        Some(token) => session_from_token(&state, token).await.ok(),
+        None => None,
+    };
+    ws.on_upgrade(move |mut socket| async move {
+        match user {
+            Some(user) => serve(state, socket, user).await,
+            None => {
+                let frame = CloseFrame { code: 4401, reason: "a valid token is required".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+            }
+        }
+    })
+}
+
+fn sees_vm(state_owner: &str, user: &SessionUser) -> bool {
+    user.is_admin || state_owner == user.username
+}
+
+async fn serve(state: AppState, ws: WebSocket, user: SessionUser) {
+    let mut passes = state.metrics.passes.subscribe();
+    let mut vm_events = state.vms.events.subscribe();
+    let mut jobs = state.jobs.subscribe();
+    let (mut tx, mut rx) = ws.split();
+    if let Some(s) = state.metrics.snapshot() {
+        let mut first = serde_json::to_value(s.visible_to(&user)).unwrap_or(Value::Null);
+        first["type"] = json!("snapshot");
+        if tx.send(Message::Text(first.to_string().into())).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let message: Value = tokio::select! {
+            pass = passes.recv() => match pass {
+                Ok(s) => {
+                    let mut m = serde_json::to_value(s.visible_to(&user)).unwrap_or(Value::Null);
+                    m["type"] = json!("metrics");
+                    m
+                }
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            },
+            event = vm_events.recv() => match event {
+                Ok(e) if sees_vm(&e.owner, &user) => {
+                    let mut m = serde_json::to_value(&e).unwrap_or(Value::Null);
+                    m["type"] = json!("vm_state");
+                    m
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            },
+            job = jobs.recv() => match job {
+                Ok(j) if may_see(&user, &j) => json!({"type": "job", "job": j}),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            },
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let sent =
+            tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Text(message.to_string().into()))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
+    // Fell behind: say why, then let go.
+    let frame = CloseFrame { code: 1008, reason: "the client fell behind".into() };
+    let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+}
