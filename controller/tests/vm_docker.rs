@@ -87,7 +87,11 @@ async fn docker_vm_lifecycle_survives_controller_restarts_and_reports_kills() ->
     }
     let data = tempfile::tempdir()?;
     let iso_dir = iso.parent().ok_or("iso dir")?.display().to_string();
-    let env = [("FASTVM_RUNTIME", "docker"), ("FASTVM_ISO_DIRS", iso_dir.as_str())];
+    let env = [
+        ("FASTVM_RUNTIME", "docker"),
+        ("FASTVM_ISO_DIRS", iso_dir.as_str()),
+        ("FASTVM_METRICS_INTERVAL", "1"),
+    ];
     let client = Client::new();
     let stranger = format!("fvtest-unlabeled-{}", std::process::id());
     let mut cleanup = Cleanup(vec![stranger.clone()]);
@@ -140,6 +144,13 @@ async fn docker_vm_lifecycle_survives_controller_restarts_and_reports_kills() ->
     assert_eq!(binding["HostIp"], "127.0.0.1");
 
     wait_serial_async(&run_dir, 1).await?;
+    // CPU and memory come from the container's stats: the whole VM (QEMU with a 256 MiB guest), not
+    // the container's first process (vmrunner, a few MiB).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, reading) =
+        call(&client, &first, &token, reqwest::Method::GET, &format!("/api/vms/{id}/metrics")).await;
+    assert!(reading["memory_bytes"].as_u64().unwrap_or(0) > 64 << 20, "{reading}");
+    assert!(reading["cpu_percent"].as_f64().is_some_and(|c| c > 0.0), "{reading}");
     // NAT port forward, published by Docker on 127.0.0.1.
     type_on_serial(&run_dir, "httpd -p 8080 -h /")?;
     let url = format!("http://127.0.0.1:{port}/etc/os-release");
