@@ -16,8 +16,9 @@ def api(base, method, path, token=None, body=None):
 
 
 @contextlib.contextmanager
-def server(data_dir, **env_vars):
-    """Yields (base URL, admin token) of a release `fastvm serve` on 127.0.0.1 with `data_dir`."""
+def server(data_dir, with_process=False, **env_vars):
+    """Yields (base URL, admin token) of a release `fastvm serve` on 127.0.0.1 with `data_dir`
+    (and its Popen, with `with_process`)."""
     env = dict(os.environ, FASTVM_DATA_DIR=data_dir, FASTVM_BCRYPT_COST="4", FASTVM_LOG_FORMAT="json", **env_vars)
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     proc = subprocess.Popen([FASTVM, "serve", "--listen", f"127.0.0.1:{port}"], env=env,
@@ -30,7 +31,7 @@ def server(data_dir, **env_vars):
             except OSError:
                 time.sleep(0.05)
         token = api(base, "POST", "/api/auth/login", body={"username": "admin", "password": "admin"})["access_token"]
-        yield base, token
+        yield (base, token, proc) if with_process else (base, token)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
