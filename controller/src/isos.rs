@@ -98,10 +98,18 @@ fn check_name(name: &str) -> ApiResult<()> {
 async fn upload_iso(
     State(state): State<AppState>,
     audit: Audit,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
+    headers: axum::http::HeaderMap,
     mut multipart: Multipart,
 ) -> ApiResult<(StatusCode, Json<IsoUploaded>)> {
     audit.action("iso.upload");
+    // Progress is measured against the whole request body, the closest known total.
+    let total = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+
     let images = state.settings.data_dir.join("images");
     while let Some(mut field) =
         multipart.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))?
@@ -116,6 +124,9 @@ async fn upload_iso(
         if target.exists() {
             return Err(ApiError::Conflict(format!("name: {name} already exists")));
         }
+        let mut job = state.jobs.begin("upload", None, &user.username);
+        let progress = job.progress();
+        progress.phase(&format!("receiving {name}"));
         let tmp = images.join(format!(".upload-{}.tmp", uuid::Uuid::new_v4().simple()));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await.context("creating the upload file")?;
@@ -125,6 +136,7 @@ async fn upload_iso(
             {
                 size += chunk.len() as u64;
                 file.write_all(&chunk).await.context("writing the upload")?;
+                progress.bytes(size, total.max(size), 0.0, 1.0);
             }
             file.sync_all().await.context("syncing the upload")?;
             // A hard link never replaces an existing file, unlike rename: a racing upload of the same
@@ -139,7 +151,14 @@ async fn upload_iso(
         }
         .await;
         let _ = std::fs::remove_file(&tmp);
-        let size = result?;
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                job.fail(&e.to_string());
+                return Err(e);
+            }
+        };
+        job.succeed(Some(name.clone()));
         return Ok((
             StatusCode::CREATED,
             Json(IsoUploaded {

@@ -271,6 +271,10 @@ async fn iso_library_uploads_and_deletes_safely() -> TestResult {
     assert_eq!(body["iso"]["size"], 100_000);
     let path = body["iso"]["path"].as_str().ok_or("path")?.to_string();
     assert_eq!(std::fs::read(&path)?.len(), 100_000);
+    let (_, jobs) = s.get("/api/jobs", &admin).await;
+    let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["kind"] == "upload")).ok_or("upload job")?;
+    assert_eq!((job["state"].as_str(), job["result_id"].as_str()), (Some("succeeded"), Some("tiny.iso")));
+    assert_eq!(job["bytes_done"], 100_000);
     assert_eq!(upload("tiny.iso", vec![1u8; 10]).await?.status(), StatusCode::CONFLICT);
     assert_eq!(std::fs::read(&path)?[0], 7, "the existing ISO was not overwritten");
     for bad in ["../escape.iso", "sub/dir.iso", "notes.txt", ".hidden.iso"] {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::guest::{guest_iso, type_on_serial, wait_serial};
 use common::{TestResult, TestServer};
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -272,7 +273,9 @@ async fn backup_progress_is_readable_and_attached_volumes_come_back() -> TestRes
         Command::new("qemu-io").args(["-c", "write -P 0x11 0 4M"]).arg(&vol_path).output()?.status.success()
     );
 
-    // The backup runs while the test watches its job.
+    // The backup runs while the test watches its job, over the API and pushed on /ws/metrics.
+    let (mut pushed, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/metrics?token={admin}", s.addr)).await?;
     let backup_path = format!("/api/vms/{id}/backup");
     let backup_call = s.call(Method::POST, &backup_path, Some(&admin), None);
     let watch = async {
@@ -308,6 +311,21 @@ async fn backup_progress_is_readable_and_attached_volumes_come_back() -> TestRes
     assert_eq!(finished["result_id"], backup["id"]);
     let (status, one) = s.get(&format!("/api/jobs/{}", finished["id"].as_str().ok_or("id")?), &admin).await;
     assert_eq!(status, StatusCode::OK, "{one}");
+    let mut job_messages = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), pushed.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t)?;
+            if v["type"] == "job" && v["job"]["id"] == finished["id"] {
+                let done = v["job"]["state"] == "succeeded";
+                job_messages.push(v);
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(job_messages.len() >= 3, "progress pushed as it happened: {job_messages:?}");
+    assert_eq!(job_messages.last().map(|m| m["job"]["state"].clone()), Some(json!("succeeded")));
     let backup_id = backup["id"].as_str().ok_or("id")?.to_string();
 
     // Onto the original VM: the attached volume's data comes back too.

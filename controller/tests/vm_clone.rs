@@ -46,6 +46,9 @@ async fn clones_are_isolated_outlive_their_source_and_boot() -> TestResult {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let clone = body["vm"]["id"].as_str().ok_or("id")?.to_string();
     assert_eq!(body["vm"]["memory"], 300);
+    let (_, jobs) = s.get("/api/jobs", &admin).await;
+    let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["kind"] == "clone")).ok_or("clone job")?;
+    assert_eq!((job["state"].as_str(), job["result_id"].as_str()), (Some("succeeded"), Some(clone.as_str())));
     assert_ne!(body["vm"]["networks"][0]["mac_address"], src_mac, "new MAC");
     assert_eq!(body["vm"]["networks"][0]["port_forwards"], json!([]), "host ports stay with the source");
     let clone_disk = vms.join(&clone).join("disk0.qcow2");

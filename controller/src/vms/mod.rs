@@ -307,7 +307,16 @@ async fn clone_vm(
 ) -> ApiResult<(StatusCode, Json<VmActionResponse>)> {
     audit.action("vm.clone").target(&vm_id).details(&req.name);
     owned(&state, &user, &vm_id).await?;
-    let vm = state.vms.clone_vm(&vm_id, req.name, req.memory, req.cpus, &user.username).await?;
+    let (vms, source, owner) = (state.vms.clone(), vm_id.clone(), user.username.clone());
+    let vm = state
+        .jobs
+        .run("clone", Some(&vm_id), &user.username, move |progress| async move {
+            progress.phase("cloning");
+            let vm = vms.clone_vm(&source, req.name, req.memory, req.cpus, &owner).await?;
+            let id = vm.id.clone();
+            Ok((vm, Some(id)))
+        })
+        .await?;
     audit.details(&vm.id);
     Ok((StatusCode::CREATED, respond(format!("VM cloned as {}", vm.spec.name), &vm)))
 }
