@@ -135,7 +135,8 @@ impl Jobs {
     }
 
     /// Runs `work` as a job in its own task and waits for it. The work gets the handle to report
-    /// progress; its outcome (an id it produced, or the error) ends the job.
+    /// progress; its outcome (an id it produced, or the error) ends the job. The task owns the job:
+    /// if the caller goes away (a client disconnects), the work and its record carry on.
     pub async fn run<T, F, Fut>(
         self: &Arc<Self>,
         kind: &str,
@@ -150,19 +151,19 @@ impl Jobs {
     {
         let mut handle = self.begin(kind, vm_id, owner);
         let fut = work(handle.progress());
-        let outcome = tokio::spawn(fut)
-            .await
-            .unwrap_or_else(|e| Err(ApiError::Internal(anyhow::anyhow!("{kind} task failed: {e}"))));
-        match outcome {
-            Ok((value, result_id)) => {
-                handle.succeed(result_id);
-                Ok(value)
+        let task = tokio::spawn(async move {
+            match fut.await {
+                Ok((value, result_id)) => {
+                    handle.succeed(result_id);
+                    Ok(value)
+                }
+                Err(e) => {
+                    handle.fail(&e.to_string());
+                    Err(e)
+                }
             }
-            Err(e) => {
-                handle.fail(&e.to_string());
-                Err(e)
-            }
-        }
+        });
+        task.await.unwrap_or_else(|e| Err(ApiError::Internal(anyhow::anyhow!("{kind} task failed: {e}"))))
     }
 }
 

@@ -80,6 +80,14 @@ async fn metrics_follow_a_real_guest_and_are_pushed() -> TestResult {
     assert!(
         first["host"]["cpu_percent"].is_number() && first["host"]["memory_total_gb"].as_f64() > Some(0.0)
     );
+    // A ticket opens it too, so the token need not go into a URL.
+    let (_, ticket) = s.get("/api/metrics/ticket", &admin).await;
+    let url = format!("ws://{}{}", s.addr, ticket["ws_url"].as_str().ok_or("ws_url")?);
+    let (mut by_ticket, _) = tokio_tungstenite::connect_async(url).await?;
+    next_of(&mut by_ticket, "metrics", Duration::from_secs(3), |_| true)
+        .await
+        .ok_or("no message by ticket")?;
+    drop(by_ticket);
     let (status, host) = s.get("/api/system/metrics", &admin).await;
     assert_eq!(status, StatusCode::OK);
     for field in

@@ -36,6 +36,8 @@ use crate::vms::model::{VmRecord, VmStatus};
 pub enum Kind {
     Spice,
     Vnc,
+    /// The `/ws/metrics` push (tickets of this kind are bound to a user, not to a VM).
+    Metrics,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
         match self {
             Kind::Spice => "spice",
             Kind::Vnc => "vnc",
+            Kind::Metrics => "metrics",
         }
     }
 
@@ -50,6 +53,7 @@ impl Kind {
         match self {
             Kind::Spice => "spice.sock",
             Kind::Vnc => "vnc.sock",
+            Kind::Metrics => "",
         }
     }
 }

@@ -40,6 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics_history))
         .routes(routes!(vm_metrics_history))
         .routes(routes!(push::metrics_ws))
+        .routes(routes!(push::metrics_ticket))
 }
 
 /// One collection pass: the host and every running VM.

@@ -5,16 +5,21 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
 
+use crate::auth::AuthUser;
 use crate::auth::extract::session_from_token;
-use crate::auth::users::SessionUser;
+use crate::auth::users::{self, SessionUser};
+use crate::consoles::Kind;
+use crate::error::ErrorBody;
 use crate::jobs::may_see;
 use crate::state::AppState;
 
@@ -24,12 +29,36 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Deserialize)]
 pub struct WsAuth {
     token: Option<String>,
+    ticket: Option<String>,
 }
 
-/// Live metrics, VM state changes and job progress. Authenticate with `?token=`; without a valid
-/// one the socket is closed with 4401.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsTicket {
+    /// Opens `/ws/metrics` for a short while (`FASTVM_CONSOLE_TICKET_TTL`), so the bearer token
+    /// need not go into a URL.
+    pub ticket: String,
+    pub ws_url: String,
+}
+
+/// A short-lived ticket for `/ws/metrics`.
+#[utoipa::path(get, path = "/api/metrics/ticket", tag = "metrics", security(("bearer" = [])),
+    responses((status = 200, body = MetricsTicket), (status = 401, body = ErrorBody)))]
+pub async fn metrics_ticket(State(state): State<AppState>, AuthUser(user): AuthUser) -> Json<MetricsTicket> {
+    let ticket = state.consoles.tickets.issue(&user.username, "", Kind::Metrics);
+    Json(MetricsTicket { ws_url: format!("/ws/metrics?ticket={ticket}"), ticket })
+}
+
+/// The user a ticket of the metrics kind stands for (as they are now).
+async fn ticket_user(state: &AppState, ticket: &str) -> Option<SessionUser> {
+    let t = state.consoles.tickets.check(ticket).filter(|t| t.kind == Kind::Metrics)?;
+    let info = state.store.call(move |c| Ok(users::get(c, &t.username)?)).await.ok()??;
+    Some(SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() })
+}
+
+/// Live metrics, VM state changes and job progress. Authenticate with `?token=` or `?ticket=` (from
+/// `GET /api/metrics/ticket`); without a valid one the socket is closed with 4401.
 #[utoipa::path(get, path = "/ws/metrics", tag = "metrics",
-    params(("token" = String, Query)),
+    params(("token" = Option<String>, Query), ("ticket" = Option<String>, Query)),
     responses((status = 101, description = "Switching to the WebSocket protocol; messages are JSON with a `type`: \
         `snapshot`, `metrics`, `vm_state` or `job`")))]
 pub async fn metrics_ws(
@@ -37,9 +66,10 @@ pub async fn metrics_ws(
     Query(auth): Query<WsAuth>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let user = match auth.token.as_deref() {
-        Some(token) => session_from_token(&state, token).await.ok(),
-        None => None,
+    let user = match (auth.token.as_deref(), auth.ticket.as_deref()) {
+        (Some(token), _) => session_from_token(&state, token).await.ok(),
+        (None, Some(ticket)) => ticket_user(&state, ticket).await,
+        (None, None) => None,
     };
     ws.on_upgrade(move |mut socket| async move {
         match user {
