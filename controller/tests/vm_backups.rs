@@ -165,20 +165,7 @@ async fn schedules_take_backups_and_prune_to_keep() -> TestResult {
 async fn an_uploaded_archive_restores_as_a_new_vm_and_a_damaged_one_is_refused() -> TestResult {
     let s = TestServer::start().await;
     let admin = s.admin_token().await;
-    let (_, body) = s
-        .post("/api/vms", &admin, json!({"name": "exported", "memory": 256, "cpus": 1, "disk_size": 1}))
-        .await;
-    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
-    let disk = s.data_dir.path().join("vms").join(&id).join("disk0.qcow2");
-    std::fs::create_dir_all(disk.parent().ok_or("dir")?)?;
-    assert!(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg("1G")
-            .status()?
-            .success()
-    );
+    let (id, disk) = stopped_vm_with_disk(&s, &admin, "exported", 1).await?;
     assert!(Command::new("qemu-io").args(["-c", "write -P 0x5a 0 1M"]).arg(&disk).output()?.status.success());
     let (_, backup) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&admin), None).await;
     let backup_id = backup["id"].as_str().ok_or("id")?.to_string();
@@ -230,6 +217,24 @@ async fn an_uploaded_archive_restores_as_a_new_vm_and_a_damaged_one_is_refused()
     Ok(())
 }
 
+/// A stopped VM whose (empty) qcow2 disk exists already, so data can be put on it with qemu-io.
+async fn stopped_vm_with_disk(
+    s: &TestServer,
+    admin: &str,
+    name: &str,
+    gb: u64,
+) -> Result<(String, std::path::PathBuf), Box<dyn std::error::Error>> {
+    let spec = json!({"name": name, "memory": 256, "cpus": 1, "disk_size": gb});
+    let (_, body) = s.post("/api/vms", admin, spec).await;
+    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let disk = s.data_dir.path().join("vms").join(&id).join("disk0.qcow2");
+    std::fs::create_dir_all(disk.parent().ok_or("dir")?)?;
+    let mut create = Command::new("qemu-img");
+    create.args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg(format!("{gb}G"));
+    assert!(create.status()?.success());
+    Ok((id, disk))
+}
+
 /// Reads `len` bytes at 0 of an image and checks they all are `pattern`.
 fn holds_pattern(image: &std::path::Path, pattern: u8, len: &str) -> Result<bool, std::io::Error> {
     let out = Command::new("qemu-io")
@@ -244,20 +249,7 @@ fn holds_pattern(image: &std::path::Path, pattern: u8, len: &str) -> Result<bool
 async fn backup_progress_is_readable_and_attached_volumes_come_back() -> TestResult {
     let s = TestServer::start().await;
     let admin = s.admin_token().await;
-    let (_, body) = s
-        .post("/api/vms", &admin, json!({"name": "with-vol", "memory": 256, "cpus": 1, "disk_size": 2}))
-        .await;
-    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
-    let disk = s.data_dir.path().join("vms").join(&id).join("disk0.qcow2");
-    std::fs::create_dir_all(disk.parent().ok_or("dir")?)?;
-    assert!(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg("2G")
-            .status()?
-            .success()
-    );
+    let (id, disk) = stopped_vm_with_disk(&s, &admin, "with-vol", 2).await?;
     // Enough data that archiving takes a moment, so its progress can be watched.
     assert!(
         Command::new("qemu-io").args(["-c", "write -P 0x5a 0 384M"]).arg(&disk).output()?.status.success()

@@ -153,6 +153,14 @@ async fn metrics_follow_a_real_guest_and_are_pushed() -> TestResult {
     assert!(info["reason"].is_string());
     assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
 
+    // Resizing the display needs the agent too: out-of-range sizes are refused first.
+    let resize = format!("/api/vms/{quiet_id}/display/resize");
+    let (status, body) = s.post(&resize, &admin, json!({"width": 100, "height": 768})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("width")), "{body}");
+    let (status, body) = s.post(&resize, &admin, json!({"width": 1024, "height": 768})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
     // A stop is pushed within 2 s.
     let stop_path = format!("/api/vms/{quiet_id}/stop?force=true");
     let (status, _) = s.call(Method::POST, &stop_path, Some(&admin), None).await;
