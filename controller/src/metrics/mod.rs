@@ -72,6 +72,9 @@ struct Latest {
     vm_rings: HashMap<String, Ring<VmMetrics>>,
     /// What each VM's guest agent last said about its interfaces.
     guests: HashMap<String, Vec<GuestInterface>>,
+    /// VMs whose agent did not answer, and when to ask again: a guest without one must not hold
+    /// every pass up for the agent timeout.
+    agent_silent_until: HashMap<String, Instant>,
     last_stored: i64,
 }
 
@@ -103,10 +106,23 @@ impl Metrics {
         self.latest().snapshot.clone()
     }
 
+    /// Records what a VM's agent said outside a collection pass (a guest-info request).
+    pub fn agent_answered(&self, vm_id: &str, interfaces: &[GuestInterface]) {
+        let mut latest = self.latest();
+        latest.agent_silent_until.remove(vm_id);
+        latest.guests.insert(vm_id.to_string(), interfaces.to_vec());
+    }
+
     /// The addresses the VM's guest agent reported last (empty without an agent).
     pub fn guest_addresses(&self, vm_id: &str) -> Vec<String> {
         self.latest().guests.get(vm_id).map(|i| guest_agent::display_addresses(i)).unwrap_or_default()
     }
+}
+
+/// How long the collector leaves a silent guest agent alone: three passes, at least 10 s
+/// (guest-info requests still ask at once).
+fn agent_retry(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(10))
 }
 
 /// Raw counters of one running VM, read concurrently with the others.
@@ -125,13 +141,29 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
         }
         Err(_) => (None, None),
     };
-    let qga_sock = state.vms.run_dirs.of(&vm.id).join("qga.sock");
-    let interfaces = guest_agent::with_agent(&state.metrics.agents, &vm.id, &qga_sock, async |agent| {
-        agent.execute("guest-network-get-interfaces", None).await
-    })
-    .await
-    .ok()
-    .map(|reply: Value| guest_agent::interfaces(&reply));
+    let silent = state.metrics.latest().agent_silent_until.get(&vm.id).is_some_and(|t| *t > Instant::now());
+    let interfaces = if silent {
+        None
+    } else {
+        let qga_sock = state.vms.run_dirs.of(&vm.id).join("qga.sock");
+        let reply = guest_agent::with_agent(&state.metrics.agents, &vm.id, &qga_sock, async |agent| {
+            agent.execute("guest-network-get-interfaces", None).await
+        })
+        .await
+        .ok();
+        let mut latest = state.metrics.latest();
+        match reply {
+            Some(r) => {
+                latest.agent_silent_until.remove(&vm.id);
+                Some(guest_agent::interfaces(&r))
+            }
+            None => {
+                let retry = agent_retry(state.metrics.interval);
+                latest.agent_silent_until.insert(vm.id.clone(), Instant::now() + retry);
+                None
+            }
+        }
+    };
     Reading { at: Instant::now(), usage, disks, guest_memory_bytes, interfaces }
 }
 
@@ -175,6 +207,7 @@ pub async fn collect(
         latest.vm_rings.retain(|id, _| snapshot.owners.contains_key(id));
         // Addresses are kept while the agent is merely slow to answer, dropped when the VM stops.
         latest.guests.retain(|id, _| snapshot.owners.contains_key(id));
+        latest.agent_silent_until.retain(|id, _| snapshot.owners.contains_key(id));
         latest.guests.extend(guests);
         latest.snapshot = Some(snapshot.clone());
         let due = ts - latest.last_stored >= history::STORED_EVERY;

@@ -91,6 +91,7 @@ async fn guest_info(
     let info = match answer {
         Ok((hostname, os, interfaces, fs)) => {
             let interfaces = guest_agent::interfaces(&interfaces);
+            state.metrics.agent_answered(&vm.id, &interfaces);
             GuestInfo {
                 available: true,
                 reason: None,
