@@ -14,6 +14,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use utoipa::ToSchema;
 
+/// Largest reply read from an agent (a guest with many interfaces or filesystems stays far below).
+const MAX_REPLY: u64 = 4 << 20;
+
 /// How long the agent gets to answer before it counts as absent.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
@@ -63,7 +66,8 @@ impl Agent {
 
     async fn read_line(&mut self) -> anyhow::Result<Value> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line).await? == 0 {
+        // The guest writes this: a line without end must not grow without bound.
+        if (&mut self.reader).take(MAX_REPLY).read_line(&mut line).await? == 0 {
             bail!("the guest agent closed the channel");
         }
         Ok(serde_json::from_str(line.trim_start_matches('\u{ff}'))?)

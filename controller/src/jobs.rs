@@ -171,11 +171,16 @@ pub fn may_see(user: &SessionUser, job: &Job) -> bool {
     user.is_admin || job.owner == user.username
 }
 
+/// Least time between two byte-progress updates: listeners want a moving bar, not thousands of
+/// events a second (which would make every /ws/metrics client fall behind).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Reports a running job's progress; cheap to clone into blocking code.
 #[derive(Clone)]
 pub struct Progress {
     jobs: Arc<Jobs>,
     id: String,
+    last_sent: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl Progress {
@@ -184,8 +189,17 @@ impl Progress {
         self.jobs.update(&self.id, |j| j.phase = phase);
     }
 
-    /// Bytes done of `total`, mapped onto the `[from, to]` part of the whole job.
+    /// Bytes done of `total`, mapped onto the `[from, to]` part of the whole job (at most one
+    /// update per `PROGRESS_EVERY`, and always the last one).
     pub fn bytes(&self, done: u64, total: u64, from: f64, to: f64) {
+        {
+            let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if done < total && last.is_some_and(|t| now.duration_since(t) < PROGRESS_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
         let fraction = if total == 0 { 1.0 } else { (done as f64 / total as f64).min(1.0) };
         self.jobs.update(&self.id, |j| {
             j.bytes_done = done;
@@ -208,7 +222,7 @@ impl JobHandle {
     }
 
     pub fn progress(&self) -> Progress {
-        Progress { jobs: self.jobs.clone(), id: self.id.clone() }
+        Progress { jobs: self.jobs.clone(), id: self.id.clone(), last_sent: Arc::default() }
     }
 
     pub fn succeed(&mut self, result_id: Option<String>) {

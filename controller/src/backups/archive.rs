@@ -307,5 +307,74 @@ pub fn extract_verified(archive: &Path, dir: &Path, progress: OnProgress<'_>) ->
         }
     }
     ensure!(seen.is_empty(), "the archive holds members the manifest does not list");
+    // Volume entries name files that restore moves into the volume store: each must be one of the
+    // verified members, under volumes/, never a path of the host.
+    for v in &manifest.volumes {
+        ensure!(
+            v.member.starts_with("volumes/")
+                && safe_name(Path::new(&v.member))
+                && manifest.members.iter().any(|m| m.name == v.member),
+            "volume {:?} points at {:?}, which is not a volume in the archive",
+            v.name,
+            v.member
+        );
+        // Ids become file names and QEMU node names.
+        ensure!(
+            !v.id.is_empty() && v.id.len() <= 32 && v.id.chars().all(|c| c.is_ascii_alphanumeric()),
+            "volume {:?} has an invalid id",
+            v.name
+        );
+        ensure!(
+            vmrunner::validate::validate_name(&v.name).is_ok()
+                && (1..=vmrunner::validate::MAX_DISK_GB).contains(&v.size_gb),
+            "volume {:?} has an invalid name or size",
+            v.name
+        );
+    }
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(volume_member: &str) -> anyhow::Result<Manifest> {
+        Ok(Manifest {
+            format: FORMAT.into(),
+            vm_id: "vm".into(),
+            vm_name: "vm".into(),
+            spec: serde_json::from_str(r#"{"name":"vm","memory":256,"cpus":1,"disk_size":1}"#)?,
+            created_at: 0,
+            members: Vec::new(),
+            volumes: vec![ArchivedVolume {
+                id: "v1".into(),
+                name: "data".into(),
+                size_gb: 1,
+                format: DiskFormat::Raw,
+                slot: Some(1),
+                member: volume_member.into(),
+            }],
+        })
+    }
+
+    #[test]
+    fn volumes_must_name_verified_members() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::write(&data, vec![7u8; 3 << 20])?;
+        let files = vec![("volumes/v1.raw".to_string(), data)];
+        for (member, ok) in [
+            ("volumes/v1.raw", true),
+            ("../../fastvm.db", false),
+            ("/etc/passwd", false),
+            ("volumes/other.raw", false),
+        ] {
+            let archive = dir.path().join("a.tar.zst");
+            write(&archive, &files, manifest(member)?, &|_, _| {})?;
+            let out = tempfile::tempdir()?;
+            let result = extract_verified(&archive, out.path(), &|_, _| {});
+            assert_eq!(result.is_ok(), ok, "{member}: {result:?}");
+        }
+        Ok(())
+    }
 }

@@ -522,27 +522,35 @@ async fn restore_volumes(
     staging: &Path,
 ) -> ApiResult<()> {
     use crate::volumes::store as volumes;
-    for archived in &manifest.volumes {
-        let data = staging.join(&archived.member);
-        let (id, vm) = (archived.id.clone(), vm_id.to_string());
-        let existing = state
-            .store
-            .call(move |c| Ok(volumes::get(c, &id)?.filter(|v| v.attached_to.as_deref() == Some(&vm))))
-            .await?;
-        if let Some(v) = existing {
-            std::fs::rename(&data, &v.path).context("moving a restored volume into place")?;
-            continue;
-        }
-        let id = crate::vms::manager::new_id();
-        let path = state.vms.volumes_dir.join(format!("{id}.{}", archived.format.as_str()));
-        std::fs::rename(&data, &path).context("moving a restored volume into place")?;
-        let (a, o, vm, p) =
-            (archived.clone(), owner.to_string(), vm_id.to_string(), path.display().to_string());
-        let inserted = state
-            .store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                volumes::insert(&tx, &id, &a.name, &o, a.size_gb, a.format, &p, now_unix())?;
+    let (archived, o, vm, dir) =
+        (manifest.volumes.clone(), owner.to_string(), vm_id.to_string(), state.vms.volumes_dir.clone());
+    // All database work first, in one transaction: either every volume has its record (and
+    // attachment) or none does. Files move only after it committed.
+    let moves: Vec<(String, PathBuf)> = state
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let mut moves = Vec::new();
+            for a in &archived {
+                let current = volumes::get(&tx, &a.id)?;
+                if let Some(v) = current.as_ref().filter(|v| v.attached_to.as_deref() == Some(vm.as_str())) {
+                    moves.push((a.member.clone(), PathBuf::from(&v.path)));
+                    continue;
+                }
+                // The original id when it is free (the volume was deleted), so restoring the same
+                // backup again replaces this volume instead of adding another.
+                let id = if current.is_none() { a.id.clone() } else { crate::vms::manager::new_id() };
+                let path = dir.join(format!("{id}.{}", a.format.as_str()));
+                volumes::insert(
+                    &tx,
+                    &id,
+                    &a.name,
+                    &o,
+                    a.size_gb,
+                    a.format,
+                    &path.display().to_string(),
+                    now_unix(),
+                )?;
                 let used: Vec<u32> = volumes::attached_to(&tx, &vm)?.iter().filter_map(|v| v.slot).collect();
                 let slot = a
                     .slot
@@ -552,14 +560,14 @@ async fn restore_volumes(
                 if slot.is_some() {
                     volumes::set_attachment(&tx, &id, Some(&vm), slot)?;
                 }
-                tx.commit()?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = inserted {
-            let _ = std::fs::remove_file(&path);
-            return Err(e.into());
-        }
+                moves.push((a.member.clone(), path));
+            }
+            tx.commit()?;
+            Ok(moves)
+        })
+        .await?;
+    for (member, target) in moves {
+        std::fs::rename(staging.join(&member), &target).context("moving a restored volume into place")?;
     }
     let _ = std::fs::remove_dir_all(staging.join("volumes"));
     Ok(())
@@ -613,7 +621,12 @@ async fn restore_as_new(
         let _ = std::fs::remove_dir_all(state.vms.vms_dir.join(&id));
         return Err(e.into());
     }
-    restore_volumes(state, &user.username, &id, &manifest, volumes_staging.path()).await?;
+    if let Err(e) = restore_volumes(state, &user.username, &id, &manifest, volumes_staging.path()).await {
+        let i = id.clone();
+        let _ = state.store.call(move |c| Ok(crate::vms::store::delete(c, &i)?)).await;
+        let _ = std::fs::remove_dir_all(state.vms.vms_dir.join(&id));
+        return Err(e);
+    }
     Ok(record)
 }
 

@@ -6,8 +6,9 @@ pub mod relay;
 pub mod remote;
 pub mod tickets;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
@@ -63,6 +64,9 @@ pub struct Consoles {
     pub tickets: tickets::Tickets,
     pub connections: relay::Connections,
     pub remote: Arc<remote::Listeners>,
+    /// The SPICE password handed out per VM and until when it admits new connections: one that is
+    /// still valid is handed out again, so a second viewer does not lock out the first one's channels.
+    spice_passwords: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl Consoles {
@@ -71,7 +75,12 @@ impl Consoles {
             tickets: tickets::Tickets::new(ticket_ttl),
             connections: relay::Connections::default(),
             remote: Arc::default(),
+            spice_passwords: Mutex::default(),
         }
+    }
+
+    fn passwords(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.spice_passwords.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -125,10 +134,16 @@ async fn running_vm(state: &AppState, user: &SessionUser, vm_id: &str) -> ApiRes
     Ok(vm)
 }
 
-/// Sets a fresh SPICE password that stops working for new connections after the ticket lifetime;
-/// open connections keep going.
+/// Sets the VM's SPICE password (the current one while it is valid, else a fresh one) so that it
+/// admits new connections for the ticket lifetime from now; open connections keep going.
 async fn fresh_spice_password(state: &AppState, vm_id: &str) -> ApiResult<String> {
-    let password: String = rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+    let ttl = state.consoles.tickets.ttl();
+    let reusable =
+        state.consoles.passwords().get(vm_id).filter(|(_, until)| *until > Instant::now()).cloned();
+    let password = match reusable {
+        Some((p, _)) => p,
+        None => rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect(),
+    };
     let sock = state.vms.run_dirs.qmp(vm_id);
     let failed = |e: anyhow::Error| ApiError::Operation(format!("setting the SPICE password: {e:#}"));
     qmp::command(
@@ -138,10 +153,11 @@ async fn fresh_spice_password(state: &AppState, vm_id: &str) -> ApiResult<String
     )
     .await
     .map_err(failed)?;
-    let expire = format!("+{}", state.consoles.tickets.ttl().as_secs().max(1));
+    let expire = format!("+{}", ttl.as_secs().max(1));
     qmp::command(&sock, "expire_password", Some(json!({"protocol": "spice", "time": expire})))
         .await
         .map_err(failed)?;
+    state.consoles.passwords().insert(vm_id.to_string(), (password.clone(), Instant::now() + ttl));
     Ok(password)
 }
 
@@ -192,6 +208,9 @@ async fn disconnect(
 ) -> ApiResult<Json<Message>> {
     let vm = crate::vms::owned(state, user, vm_id).await?;
     let closed = state.consoles.connections.disconnect(&vm.id, kind);
+    if kind == Kind::Spice {
+        state.consoles.passwords().remove(&vm.id);
+    }
     if kind == Kind::Spice && vm.status == VmStatus::Running {
         // Also keep the password that was handed out from opening new connections.
         let sock = state.vms.run_dirs.qmp(&vm.id);

@@ -141,6 +141,8 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
         }
         Err(_) => (None, None),
     };
+    // Rates need the time the counters were read, before the agent (which may take seconds).
+    let at = Instant::now();
     let silent = state.metrics.latest().agent_silent_until.get(&vm.id).is_some_and(|t| *t > Instant::now());
     let interfaces = if silent {
         None
@@ -164,7 +166,7 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
             }
         }
     };
-    Reading { at: Instant::now(), usage, disks, guest_memory_bytes, interfaces }
+    Reading { at, net_at: Instant::now(), usage, disks, guest_memory_bytes, interfaces }
 }
 
 /// One pass: reads everything, records it, and pushes it to listeners.

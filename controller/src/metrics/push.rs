@@ -23,6 +23,9 @@ use crate::error::ErrorBody;
 use crate::jobs::may_see;
 use crate::state::AppState;
 
+/// How often a connection's rights are checked again.
+const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
 /// A message the client has not taken within this time ends the connection.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,7 +76,7 @@ pub async fn metrics_ws(
     };
     ws.on_upgrade(move |mut socket| async move {
         match user {
-            Some(user) => serve(state, socket, user).await,
+            Some(user) => serve(state, socket, user, auth.token).await,
             None => {
                 let frame = CloseFrame { code: 4401, reason: "a valid token is required".into() };
                 let _ = socket.send(Message::Close(Some(frame))).await;
@@ -86,7 +89,20 @@ fn sees_vm(state_owner: &str, user: &SessionUser) -> bool {
     user.is_admin || state_owner == user.username
 }
 
-async fn serve(state: AppState, ws: WebSocket, user: SessionUser) {
+/// The user as they are now: a revoked token or a deleted user ends the stream, a changed role
+/// changes what it shows.
+async fn still_allowed(state: &AppState, user: &SessionUser, token: Option<&str>) -> Option<SessionUser> {
+    match token {
+        Some(token) => session_from_token(state, token).await.ok(),
+        None => {
+            let name = user.username.clone();
+            let info = state.store.call(move |c| Ok(users::get(c, &name)?)).await.ok()??;
+            Some(SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() })
+        }
+    }
+}
+
+async fn serve(state: AppState, ws: WebSocket, mut user: SessionUser, token: Option<String>) {
     let mut passes = state.metrics.passes.subscribe();
     let mut vm_events = state.vms.events.subscribe();
     let mut jobs = state.jobs.subscribe();
@@ -98,8 +114,21 @@ async fn serve(state: AppState, ws: WebSocket, user: SessionUser) {
             return;
         }
     }
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.tick().await;
     loop {
         let message: Value = tokio::select! {
+            _ = recheck.tick() => match still_allowed(&state, &user, token.as_deref()).await {
+                Some(now) => {
+                    user = now;
+                    continue;
+                }
+                None => {
+                    let frame = CloseFrame { code: 4401, reason: "the session has ended".into() };
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+                    return;
+                }
+            },
             pass = passes.recv() => match pass {
                 Ok(s) => {
                     let mut m = serde_json::to_value(s.visible_to(&user)).unwrap_or(Value::Null);

@@ -62,7 +62,10 @@ pub fn disk_counters(blockstats: &Value) -> DiskCounters {
 /// One reading of a VM's raw counters.
 #[derive(Debug, Clone)]
 pub struct Reading {
+    /// When CPU, memory and disk counters were read.
     pub at: Instant,
+    /// When the guest agent's interface counters were read.
+    pub net_at: Instant,
     pub usage: Option<Usage>,
     pub disks: Option<DiskCounters>,
     pub guest_memory_bytes: Option<u64>,
@@ -99,9 +102,12 @@ pub fn metrics(vm_id: &str, name: &str, ts: i64, now: &Reading, before: Option<&
     let disks = now.disks.unwrap_or_default();
     let prev_disks = before.and_then(|b| b.disks).unwrap_or(disks);
     let net = net_totals(&now.interfaces);
-    let prev_net = before.and_then(|b| net_totals(&b.interfaces));
+    let prev_net = before.and_then(|b| Some((net_totals(&b.interfaces)?, b.net_at)));
     let (net_rx, net_tx) = match (net, prev_net) {
-        (Some((r, t)), Some((pr, pt))) => (Some(rate(r, pr, seconds)), Some(rate(t, pt, seconds))),
+        (Some((r, t)), Some(((pr, pt), then))) => {
+            let s = now.net_at.duration_since(then).as_secs_f64();
+            (Some(rate(r, pr, s)), Some(rate(t, pt, s)))
+        }
         _ => (None, None),
     };
     VmMetrics {
@@ -136,6 +142,7 @@ mod tests {
         let t0 = Instant::now();
         let before = Reading {
             at: t0,
+            net_at: t0,
             usage: Some(Usage { cpu_seconds: 10.0, memory_bytes: 1 }),
             disks: Some(DiskCounters { rd_bytes: 1000, wr_bytes: 0, rd_ops: 1, wr_ops: 0 }),
             guest_memory_bytes: None,
@@ -143,6 +150,7 @@ mod tests {
         };
         let now = Reading {
             at: t0 + Duration::from_secs(2),
+            net_at: t0 + Duration::from_secs(2),
             usage: Some(Usage { cpu_seconds: 11.0, memory_bytes: 300 }),
             disks: Some(DiskCounters { rd_bytes: 5000, wr_bytes: 2000, rd_ops: 5, wr_ops: 2 }),
             guest_memory_bytes: Some(256 << 20),
