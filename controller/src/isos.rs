@@ -139,6 +139,7 @@ async fn upload_iso(
                 progress.bytes(size, total.max(size), 0.0, 1.0);
             }
             file.sync_all().await.context("syncing the upload")?;
+            progress.bytes_now(size, size, 0.0, 1.0);
             // A hard link never replaces an existing file, unlike rename: a racing upload of the same
             // name loses with a 409 instead of overwriting.
             match std::fs::hard_link(&tmp, &target) {

@@ -200,6 +200,11 @@ impl Progress {
             }
             *last = Some(now);
         }
+        self.bytes_now(done, total, from, to);
+    }
+
+    /// As `bytes`, without throttling: for the last update of work whose total was an estimate.
+    pub fn bytes_now(&self, done: u64, total: u64, from: f64, to: f64) {
         let fraction = if total == 0 { 1.0 } else { (done as f64 / total as f64).min(1.0) };
         self.jobs.update(&self.id, |j| {
             j.bytes_done = done;
