@@ -222,10 +222,6 @@ pub struct JobHandle {
 }
 
 impl JobHandle {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     pub fn progress(&self) -> Progress {
         Progress { jobs: self.jobs.clone(), id: self.id.clone(), last_sent: Arc::default() }
     }

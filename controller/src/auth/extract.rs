@@ -1,6 +1,7 @@
 //! Extractors that authenticate a request: `AuthUser` for any signed-in user, `AdminUser` for admins.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
@@ -14,10 +15,19 @@ pub struct AuthUser(pub SessionUser);
 
 pub struct AdminUser(pub SessionUser);
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// A user as they are now, for holders of a ticket issued to them: None once the user is deleted,
+/// and only the rights they have today.
+pub async fn current_user(state: &AppState, username: &str) -> Option<SessionUser> {
+    let name = username.to_string();
+    let info = state.store.call(move |c| Ok(users::get(c, &name)?)).await.ok()??;
+    Some(SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() })
 }
 
 /// The signed-in user a bearer token stands for (valid signature, not expired, session not revoked).
@@ -37,7 +47,8 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| ApiError::Unauthorized("Not authenticated".into()))?;
+        let token =
+            bearer(&parts.headers).ok_or_else(|| ApiError::Unauthorized("Not authenticated".into()))?;
         let session = session_from_token(state, token).await?;
         Audit::from_parts(parts).user(&session.username);
         Ok(AuthUser(session))

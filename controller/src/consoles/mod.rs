@@ -25,8 +25,8 @@ use utoipa_axum::routes;
 
 use crate::audit::Audit;
 use crate::auth::AuthUser;
-use crate::auth::extract::session_from_token;
-use crate::auth::users::{self, SessionUser};
+use crate::auth::extract::{current_user, session_from_token};
+use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::qmp;
@@ -338,15 +338,7 @@ async fn authorize(state: &AppState, vm_id: &str, kind: Kind, auth: &WsAuth) -> 
         if t.vm_id != vm_id || t.kind != kind {
             return Err(Refusal::Forbidden);
         }
-        // The user must still exist (and keeps only the rights they have now).
-        let name = t.username.clone();
-        let info = state
-            .store
-            .call(move |c| Ok(users::get(c, &name)?))
-            .await
-            .map_err(|_| Refusal::Unauthenticated)?
-            .ok_or(Refusal::Unauthenticated)?;
-        SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() }
+        current_user(state, &t.username).await.ok_or(Refusal::Unauthenticated)?
     } else if let Some(token) = auth.token.as_deref() {
         session_from_token(state, token).await.map_err(|_| Refusal::Unauthenticated)?
     } else {

@@ -208,12 +208,6 @@ pub fn render(state: &AppState) -> String {
     out
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// Prometheus scrape endpoint.
 pub async fn scrape(
     State(state): State<AppState>,
@@ -222,7 +216,7 @@ pub async fn scrape(
 ) -> ApiResult<Response> {
     let from_allowed = ip.is_some_and(|ip| allowed(&state.settings.metrics_allow, ip));
     if !from_allowed {
-        let token = bearer(&headers).ok_or_else(|| {
+        let token = crate::auth::extract::bearer(&headers).ok_or_else(|| {
             ApiError::Unauthorized(
                 "Not an allowed address (FASTVM_METRICS_ALLOW): a bearer token is required".into(),
             )

@@ -16,8 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
-use crate::auth::extract::session_from_token;
-use crate::auth::users::{self, SessionUser};
+use crate::auth::extract::{current_user, session_from_token};
+use crate::auth::users::SessionUser;
 use crate::consoles::Kind;
 use crate::error::ErrorBody;
 use crate::jobs::may_see;
@@ -54,8 +54,7 @@ pub async fn metrics_ticket(State(state): State<AppState>, AuthUser(user): AuthU
 /// The user a ticket of the metrics kind stands for (as they are now).
 async fn ticket_user(state: &AppState, ticket: &str) -> Option<SessionUser> {
     let t = state.consoles.tickets.check(ticket).filter(|t| t.kind == Kind::Metrics)?;
-    let info = state.store.call(move |c| Ok(users::get(c, &t.username)?)).await.ok()??;
-    Some(SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() })
+    current_user(state, &t.username).await
 }
 
 /// Live metrics, VM state changes and job progress. Authenticate with `?token=` or `?ticket=` (from
@@ -94,11 +93,7 @@ fn sees_vm(state_owner: &str, user: &SessionUser) -> bool {
 async fn still_allowed(state: &AppState, user: &SessionUser, token: Option<&str>) -> Option<SessionUser> {
     match token {
         Some(token) => session_from_token(state, token).await.ok(),
-        None => {
-            let name = user.username.clone();
-            let info = state.store.call(move |c| Ok(users::get(c, &name)?)).await.ok()??;
-            Some(SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() })
-        }
+        None => current_user(state, &user.username).await,
     }
 }
 
