@@ -12,6 +12,7 @@ use rsa::pkcs8::DecodePublicKey;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -156,7 +157,21 @@ async fn consoles_proxy_spice_and_vnc_to_real_qemu_and_keep_strangers_out() -> T
     assert_eq!(read_bytes(&mut vnc_ws, 12).await?, b"RFB 003.008\n");
     let mut by_token = open(&s, &format!("/ws/vnc/{id}?token={admin}")).await?;
     assert_eq!(read_bytes(&mut by_token, 12).await?, b"RFB 003.008\n");
+    // The relay speaks the control frames a browser uses: a ping is answered, a close echoed.
+    by_token.send(Message::Ping(b"are you there".to_vec().into())).await?;
+    match timeout(Duration::from_secs(5), by_token.next()).await? {
+        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    by_token.send(Message::Close(None)).await?;
+    match timeout(Duration::from_secs(5), by_token.next()).await? {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
     drop(by_token);
+    let (status, body) = s.get(&format!("/ws/vnc/{id}"), &admin).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a plain GET is not an upgrade: {body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("WebSocket")), "{body}");
 
     // Refusals, each with its close code.
     assert_eq!(refused_with(&s, &format!("/ws/vnc/{id}")).await, Some(4401), "no credentials");

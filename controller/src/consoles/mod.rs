@@ -5,13 +5,13 @@
 pub mod relay;
 pub mod remote;
 pub mod tickets;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,7 @@ use crate::http::Message;
 use crate::qmp;
 use crate::state::AppState;
 use crate::vms::model::{VmRecord, VmStatus};
+use websocket::Upgrade;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -358,16 +359,9 @@ async fn authorize(state: &AppState, vm_id: &str, kind: Kind, auth: &WsAuth) -> 
     Ok(())
 }
 
-async fn console_ws(
-    state: AppState,
-    vm_id: String,
-    kind: Kind,
-    auth: WsAuth,
-    ws: WebSocketUpgrade,
-) -> Response {
+async fn console_ws(state: AppState, vm_id: String, kind: Kind, auth: WsAuth, ws: Upgrade) -> Response {
     let verdict = authorize(&state, &vm_id, kind, &auth).await;
-    // spice-html5 and noVNC ask for the `binary` subprotocol and drop a socket that does not echo it.
-    ws.protocols(["binary"]).on_upgrade(move |socket| async move {
+    ws.on_upgrade(move |socket| async move {
         match verdict {
             Err(refusal) => {
                 let (code, reason) = refusal.close();
@@ -392,7 +386,7 @@ async fn spice_ws(
     State(state): State<AppState>,
     Path(vm_id): Path<String>,
     Query(auth): Query<WsAuth>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     console_ws(state, vm_id, Kind::Spice, auth, ws).await
 }
@@ -405,7 +399,7 @@ async fn vnc_ws(
     State(state): State<AppState>,
     Path(vm_id): Path<String>,
     Query(auth): Query<WsAuth>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     console_ws(state, vm_id, Kind::Vnc, auth, ws).await
 }

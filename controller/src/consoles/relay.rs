@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::Kind;
+use super::websocket::{
+    HEADROOM, Incoming, OP_BINARY, OP_PONG, Socket, put_header, read_frames, send_close, send_frame,
+};
 
 /// Largest chunk read from QEMU per frame: big frames keep per-frame costs low on bulk transfers
 /// (a display update), while a small read still goes out at once.
@@ -50,65 +50,66 @@ impl Connections {
     }
 }
 
-/// Closes a WebSocket with an application close code (4401, 4403, ...) and a reason.
-pub async fn close(mut ws: WebSocket, code: u16, reason: &str) {
-    let frame = CloseFrame { code, reason: reason.into() };
-    let _ = ws.send(Message::Close(Some(frame))).await;
+/// Closes a WebSocket with an application close code (4401, 4403, ...) and a reason, then waits
+/// briefly for the client's side of the close so the frame is not lost to a reset.
+pub async fn close(socket: Socket, code: u16, reason: &str) {
+    let Socket { mut reader, mut writer, .. } = socket;
+    if send_close(&mut writer, code, reason).await.is_ok() {
+        let _ = writer.shutdown().await;
+        let mut sink = [0u8; 512];
+        let drain = async { while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    }
 }
 
 /// Relays binary frames between a browser and the VM's console socket until either side ends or
 /// the connection is cut.
-pub async fn websocket(ws: WebSocket, socket: &Path, mut cut: watch::Receiver<u64>) {
-    let stream = match UnixStream::connect(socket).await {
+pub async fn websocket(socket: Socket, path: &Path, mut cut: watch::Receiver<u64>) {
+    let vm = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(socket = %socket.display(), error = %e, "console socket unreachable");
-            return close(ws, 1011, "the VM's console is not reachable").await;
+            tracing::warn!(socket = %path.display(), error = %e, "console socket unreachable");
+            return close(socket, 1011, "the VM's console is not reachable").await;
         }
     };
-    let (mut from_vm, mut to_vm) = stream.into_split();
-    let (mut to_browser, mut from_browser) = ws.split();
+    let (mut from_vm, mut to_vm) = vm.into_split();
+    let Socket { mut reader, mut writer } = socket;
+    let (asks, mut asked) = mpsc::channel(4);
     let upstream = async {
-        while let Some(Ok(msg)) = from_browser.next().await {
-            match msg {
-                Message::Binary(data) if to_vm.write_all(&data).await.is_err() => break,
-                Message::Close(_) => break,
-                // Pings are answered by axum; text has no meaning on a console channel.
-                _ => {}
-            }
+        // After a close the sending side answers it and ends the relay; after an error it is over.
+        if let Ok(true) = read_frames(&mut reader, &mut to_vm, &asks).await {
+            std::future::pending::<()>().await;
         }
     };
     let downstream = async {
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        loop {
-            if buf.capacity() < CHUNK / 4 {
-                buf.reserve(CHUNK);
-            }
+        // Bytes from QEMU land after room for the frame header, so one write sends the frame.
+        let mut buf = vec![0u8; HEADROOM + CHUNK];
+        let (code, reason) = loop {
             tokio::select! {
-                read = from_vm.read_buf(&mut buf) => match read {
-                    Ok(0) | Err(_) => {
-                        let _ = to_browser.send(Message::Close(Some(CloseFrame {
-                            code: 1000,
-                            reason: "the VM closed the console".into(),
-                        }))).await;
-                        break;
-                    }
-                    Ok(_) => {
-                        // The frame takes the bytes as they are: no copy.
-                        if to_browser.send(Message::Binary(buf.split().freeze())).await.is_err() {
-                            break;
+                read = from_vm.read(&mut buf[HEADROOM..]) => match read {
+                    Ok(0) | Err(_) => break (1000, "the VM closed the console"),
+                    Ok(n) => {
+                        let Some(headroom) = buf.first_chunk_mut::<HEADROOM>() else { return };
+                        let start = put_header(headroom, OP_BINARY, n);
+                        if writer.write_all(&buf[start..HEADROOM + n]).await.is_err() {
+                            return;
                         }
                     }
                 },
-                _ = cut.changed() => {
-                    let _ = to_browser.send(Message::Close(Some(CloseFrame {
-                        code: 1000,
-                        reason: "disconnected by an operator".into(),
-                    }))).await;
-                    break;
-                }
+                ask = asked.recv() => match ask {
+                    Some(Incoming::Pong(payload)) => {
+                        if send_frame(&mut writer, OP_PONG, &payload).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Incoming::Close(code)) => break (code, ""),
+                    None => return,
+                },
+                _ = cut.changed() => break (1000, "disconnected by an operator"),
             }
-        }
+        };
+        let _ = send_close(&mut writer, code, reason).await;
+        let _ = writer.shutdown().await;
     };
     tokio::select! {
         _ = upstream => {}
