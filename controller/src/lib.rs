@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod qmp;
 pub mod runtime;
+pub mod server;
 pub mod snapshots;
 pub mod state;
 pub mod storage;

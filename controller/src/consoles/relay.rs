@@ -53,7 +53,7 @@ impl Connections {
 /// Closes a WebSocket with an application close code (4401, 4403, ...) and a reason, then waits
 /// briefly for the client's side of the close so the frame is not lost to a reset.
 pub async fn close(socket: Socket, code: u16, reason: &str) {
-    let Socket { mut reader, mut writer, .. } = socket;
+    let (mut reader, mut writer) = socket.stream.into_split();
     if send_close(&mut writer, code, reason).await.is_ok() {
         let _ = writer.shutdown().await;
         let mut sink = [0u8; 512];
@@ -73,11 +73,11 @@ pub async fn websocket(socket: Socket, path: &Path, mut cut: watch::Receiver<u64
         }
     };
     let (mut from_vm, mut to_vm) = vm.into_split();
-    let Socket { mut reader, mut writer } = socket;
+    let (mut reader, mut writer) = socket.stream.into_split();
     let (asks, mut asked) = mpsc::channel(4);
     let upstream = async {
         // After a close the sending side answers it and ends the relay; after an error it is over.
-        if let Ok(true) = read_frames(&mut reader, &mut to_vm, &asks).await {
+        if let Ok(true) = read_frames(&mut reader, socket.early, &mut to_vm, &asks).await {
             std::future::pending::<()>().await;
         }
     };

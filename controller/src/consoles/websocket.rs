@@ -18,6 +18,7 @@ use bytes::{Buf, BytesMut};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -71,13 +72,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     }
 }
 
-pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
-pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// An open WebSocket's two directions.
+/// An open WebSocket: the client's TCP connection, and anything it sent that hyper had already read.
 pub struct Socket {
-    pub reader: Reader,
-    pub writer: Writer,
+    pub stream: TcpStream,
+    pub early: BytesMut,
 }
 
 impl Upgrade {
@@ -90,9 +88,20 @@ impl Upgrade {
     {
         let Upgrade { accept, binary, on_upgrade } = self;
         tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => serve(socket(upgraded)).await,
-                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => return tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            };
+            // The controller's own server (crate::server) serves plain TCP connections.
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    serve(Socket {
+                        stream: parts.io.into_inner(),
+                        early: BytesMut::from(&parts.read_buf[..]),
+                    })
+                    .await
+                }
+                Err(_) => tracing::error!("a WebSocket upgrade on a connection that is not plain TCP"),
             }
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -107,13 +116,6 @@ impl Upgrade {
         }
         response
     }
-}
-
-/// Splits the upgraded connection. (It cannot be taken back to the bare `TcpStream`: axum's server
-/// wraps it in hyper-util's private protocol-sniffing type, so `Upgraded::downcast` never matches.)
-fn socket(upgraded: hyper::upgrade::Upgraded) -> Socket {
-    let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
-    Socket { reader: Box::new(reader), writer: Box::new(writer) }
 }
 
 /// Writes a final, unmasked frame header into the end of `headroom` for a payload of `len` bytes
@@ -144,7 +146,11 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PONG: u8 = 0xA;
 
 /// Writes one whole control or data frame.
-pub async fn send_frame(writer: &mut Writer, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+pub async fn send_frame(
+    writer: &mut (impl AsyncWrite + Unpin),
+    opcode: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let mut frame = vec![0u8; HEADROOM + payload.len()];
     frame[HEADROOM..].copy_from_slice(payload);
     let headroom: &mut [u8; HEADROOM] = (&mut frame[..HEADROOM]).try_into().map_err(std::io::Error::other)?;
@@ -153,7 +159,11 @@ pub async fn send_frame(writer: &mut Writer, opcode: u8, payload: &[u8]) -> std:
 }
 
 /// Sends a close frame with a code and a reason (cut to the 123 bytes a control frame allows).
-pub async fn send_close(writer: &mut Writer, code: u16, reason: &str) -> std::io::Result<()> {
+pub async fn send_close(
+    writer: &mut (impl AsyncWrite + Unpin),
+    code: u16,
+    reason: &str,
+) -> std::io::Result<()> {
     let mut payload = code.to_be_bytes().to_vec();
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -193,12 +203,12 @@ fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
 /// Pings and the close are passed to `control`; nothing is buffered beyond one read. Returns true
 /// when it ended by handing `control` a close to answer, false when the client just went away.
 pub async fn read_frames(
-    reader: &mut Reader,
+    reader: &mut (impl AsyncRead + Unpin),
+    mut carry: BytesMut,
     target: &mut (impl AsyncWrite + Unpin),
     control: &tokio::sync::mpsc::Sender<Incoming>,
 ) -> std::io::Result<bool> {
     const READ: usize = 64 * 1024;
-    let mut carry = BytesMut::new();
     // Whether the message being continued is binary (continuation frames carry no type).
     let mut binary_message = false;
     loop {
@@ -314,10 +324,10 @@ mod tests {
     }
 
     async fn run(input: Vec<u8>) -> (Vec<u8>, Vec<Incoming>) {
-        let mut reader: Reader = Box::new(Cursor::new(input));
+        let mut reader = Cursor::new(input);
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let mut delivered = Vec::new();
-        read_frames(&mut reader, &mut delivered, &tx).await.ok();
+        read_frames(&mut reader, BytesMut::new(), &mut delivered, &tx).await.ok();
         drop(tx);
         let mut asks = Vec::new();
         while let Some(a) = rx.recv().await {
