@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use vmrunner::VmSpec;
 use vmrunner::argv::DiskFormat;
 
+use super::write_behind::WriteBehind;
+
 pub const MANIFEST: &str = "manifest.json";
 /// Large sequential reads and writes: disk images are gigabytes.
 const IO_BUFFER: usize = 1 << 20;
@@ -170,6 +172,7 @@ pub fn write(
 ) -> anyhow::Result<Manifest> {
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     // Level 1 on every core: disk images are large and often barely compressible, so speed wins.
+    let file = WriteBehind::new(file)?;
     let mut encoder = zstd::Encoder::new(std::io::BufWriter::with_capacity(IO_BUFFER, file), 1)?;
     let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     if workers > 1 {
@@ -191,7 +194,7 @@ pub fn write(
     builder.append_data(&mut header(bytes.len() as u64), MANIFEST, bytes.as_slice())?;
     let encoder = builder.into_inner()?.into_inner().map_err(|e| e.into_error())?;
     let file = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    file.finish()?;
     Ok(manifest)
 }
 
@@ -201,7 +204,8 @@ fn hash_and_write(
     blocks: Receiver<Vec<u8>>,
     spare: Sender<Vec<u8>>,
 ) -> std::io::Result<(u64, String)> {
-    let mut out = File::create(target)?;
+    // On disk before it replaces anything: a restore renames these files over the VM's own.
+    let mut out = WriteBehind::new(File::create(target)?)?;
     let mut digest = Digest::new(&SHA256);
     let mut count = 0u64;
     for block in blocks {
@@ -210,6 +214,7 @@ fn hash_and_write(
         count += block.len() as u64;
         let _ = spare.send(block);
     }
+    out.finish()?;
     Ok((count, hex::encode(digest.finish())))
 }
 

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod schedule;
+mod write_behind;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
