@@ -252,6 +252,11 @@ pub async fn read_frames(
                             1 => 1002,
                             _ => u16::from_be_bytes([payload[0], payload[1]]),
                         };
+                        // Echoed back, so only a code that may appear on the wire (RFC 6455 7.4).
+                        let code = match code {
+                            1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+                            _ => 1002,
+                        };
                         return Ok(control.send(Incoming::Close(code)).await.is_ok());
                     }
                     _ => continue,
@@ -363,6 +368,8 @@ mod tests {
         assert_eq!(run(long_ping).await.1, [Incoming::Close(1002)]);
         let bad_opcode = masked(0x3, true, b"x", [1, 2, 3, 4]);
         assert_eq!(run(bad_opcode).await.1, [Incoming::Close(1002)]);
+        let reserved_code = masked(0x8, true, &1005u16.to_be_bytes(), [1, 2, 3, 4]);
+        assert_eq!(run(reserved_code).await.1, [Incoming::Close(1002)], "1005 never goes on the wire");
     }
 
     #[test]
