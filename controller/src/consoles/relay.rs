@@ -20,6 +20,8 @@ use super::websocket::{
 /// Largest chunk read from QEMU per frame: big frames keep per-frame costs low on bulk transfers
 /// (a display update), while a small read still goes out at once.
 const CHUNK: usize = 256 * 1024;
+/// How long a disconnected browser has to take its close frame before the connection is dropped.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Live proxied connections per (VM, console kind). Each connection holds a receiver; a disconnect
 /// bumps the generation, which every receiver of that VM and kind sees.
@@ -75,6 +77,8 @@ pub async fn websocket(socket: Socket, path: &Path, mut cut: watch::Receiver<u64
     let (mut from_vm, mut to_vm) = vm.into_split();
     let (mut reader, mut writer) = socket.stream.into_split();
     let (asks, mut asked) = mpsc::channel(4);
+    // Set on a disconnect; the sending side then closes the socket.
+    let closing = tokio::sync::Notify::new();
     let upstream = async {
         // After a close the sending side answers it and ends the relay; after an error it is over.
         if let Ok(true) = read_frames(&mut reader, socket.early, &mut to_vm, &asks).await {
@@ -105,15 +109,27 @@ pub async fn websocket(socket: Socket, path: &Path, mut cut: watch::Receiver<u64
                     Some(Incoming::Close(code)) => break (code, ""),
                     None => return,
                 },
-                _ = cut.changed() => break (1000, "disconnected by an operator"),
+                () = closing.notified() => break (1000, "disconnected by an operator"),
             }
         };
         let _ = send_close(&mut writer, code, reason).await;
         let _ = writer.shutdown().await;
     };
+    let relay = async {
+        tokio::select! {
+            _ = upstream => {}
+            _ = downstream => {}
+        }
+    };
+    tokio::pin!(relay);
     tokio::select! {
-        _ = upstream => {}
-        _ = downstream => {}
+        () = &mut relay => {}
+        _ = cut.changed() => {
+            // A browser that reads nothing keeps the sending side waiting in a write: it gets a
+            // moment to take the close frame, then the connection is dropped.
+            closing.notify_one();
+            let _ = tokio::time::timeout(CLOSE_GRACE, relay).await;
+        }
     }
 }
 
@@ -127,4 +143,99 @@ pub async fn tcp(mut client: TcpStream, socket: &Path, mut cut: watch::Receiver<
         _ = cut.changed() => {}
     }
     let _ = client.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use tokio::net::{TcpListener, UnixListener};
+
+    use super::*;
+
+    /// A console that never stops sending, counting what relays have taken from it.
+    async fn endless_console(listener: UnixListener, taken: Arc<AtomicU64>) {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let taken = taken.clone();
+            tokio::spawn(async move {
+                let block = vec![0x42u8; 64 * 1024];
+                while conn.write_all(&block).await.is_ok() {
+                    taken.fetch_add(block.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+
+    /// A browser's TCP connection with a relay to `path` behind it.
+    async fn relayed(
+        path: &Path,
+        cut: watch::Receiver<u64>,
+    ) -> anyhow::Result<(TcpStream, tokio::task::JoinHandle<()>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let browser = TcpStream::connect(listener.local_addr()?).await?;
+        let (server_side, _) = listener.accept().await?;
+        let path = path.to_path_buf();
+        let relay = tokio::spawn(async move {
+            websocket(Socket { stream: server_side, early: BytesMut::new() }, &path, cut).await
+        });
+        Ok((browser, relay))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_browser_that_does_not_read_holds_the_console_back() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("vnc.sock");
+        let taken = Arc::new(AtomicU64::new(0));
+        tokio::spawn(endless_console(UnixListener::bind(&path)?, taken.clone()));
+        let (cut_tx, cut) = watch::channel(0u64);
+        let (mut browser, relay) = relayed(&path, cut).await?;
+
+        // The browser reads nothing: once the socket buffers on the way are full, the relay
+        // stops taking from the console.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let stalled = taken.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let later = taken.load(Ordering::Relaxed);
+        assert!(later < 64 << 20, "the relay took {later} bytes for a browser that reads nothing");
+        assert!(later - stalled <= 1 << 20, "still taking data from the console: {stalled} -> {later}");
+
+        // Once the browser reads, frames flow again: binary frames, unmasked, of console bytes.
+        let mut head = [0u8; 10];
+        browser.read_exact(&mut head[..2]).await?;
+        assert_eq!(head[0], 0x82, "a final binary frame");
+        let len = match head[1] {
+            126 => {
+                browser.read_exact(&mut head[2..4]).await?;
+                u64::from(u16::from_be_bytes([head[2], head[3]]))
+            }
+            127 => {
+                browser.read_exact(&mut head[2..10]).await?;
+                u64::from_be_bytes(head[2..10].try_into()?)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; usize::try_from(len)?];
+        browser.read_exact(&mut payload).await?;
+        assert!(!payload.is_empty() && payload.iter().all(|&b| b == 0x42));
+
+        // An operator's disconnect ends the relay, whose last frame is a close.
+        cut_tx.send_modify(|g| *g += 1);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), browser.read_to_end(&mut rest)).await??;
+        tokio::time::timeout(Duration::from_secs(5), relay).await??;
+        let close = b"disconnected by an operator";
+        assert!(rest.windows(close.len()).any(|w| w == close), "no close frame at the end");
+
+        // A browser that never reads cannot hold a disconnect off: it is dropped after the grace.
+        let (_stuck, relay) = relayed(&path, cut_tx.subscribe()).await?;
+        let started = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cut_tx.send_modify(|g| *g += 1);
+        tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(3), relay).await??;
+        assert!(started.elapsed() >= CLOSE_GRACE, "dropped only after the grace, not at once");
+        Ok(())
+    }
 }
