@@ -170,9 +170,8 @@ pub fn write(
     mut manifest: Manifest,
     progress: OnProgress<'_>,
 ) -> anyhow::Result<Manifest> {
-    let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let file = WriteBehind::new(File::create(out).with_context(|| format!("creating {}", out.display()))?)?;
     // Level 1 on every core: disk images are large and often barely compressible, so speed wins.
-    let file = WriteBehind::new(file)?;
     let mut encoder = zstd::Encoder::new(std::io::BufWriter::with_capacity(IO_BUFFER, file), 1)?;
     let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     if workers > 1 {

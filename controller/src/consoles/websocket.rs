@@ -142,7 +142,7 @@ pub fn put_header(headroom: &mut [u8; HEADROOM], opcode: u8, len: usize) -> usiz
 }
 
 pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
+const OP_CLOSE: u8 = 0x8;
 pub const OP_PONG: u8 = 0xA;
 
 /// Writes one whole control or data frame.
