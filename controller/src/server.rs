@@ -89,11 +89,18 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_lets_a_request_in_flight_finish_then_returns() -> anyhow::Result<()> {
+        // The handler says when it has the request: a shutdown before hyper has read a request
+        // closes that connection (it is idle), so stopping on a timer would race the client.
+        let (entered_tx, mut entered) = tokio::sync::mpsc::channel::<()>(1);
         let app = Router::new().route(
             "/slow",
-            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                peer.ip().to_string()
+            axum::routing::get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+                let entered_tx = entered_tx.clone();
+                async move {
+                    let _ = entered_tx.send(()).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    peer.ip().to_string()
+                }
             }),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -103,7 +110,9 @@ mod tests {
             let _ = stopped.await;
         }));
         let request = tokio::spawn(reqwest::get(format!("http://{addr}/slow")));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(10), entered.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the handler never ran"))?;
         let _ = stop.send(());
         let response = request.await??;
         assert_eq!(response.status(), 200);
