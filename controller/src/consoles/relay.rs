@@ -20,7 +20,7 @@ use super::websocket::{
 /// Largest chunk read from QEMU per frame: big frames keep per-frame costs low on bulk transfers
 /// (a display update), while a small read still goes out at once.
 const CHUNK: usize = 256 * 1024;
-/// How long a disconnected browser has to take its close frame before the connection is dropped.
+/// How long a browser has to take its close frame (and answer it) before the connection is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Live proxied connections per (VM, console kind). Each connection holds a receiver; a disconnect
@@ -60,7 +60,7 @@ pub async fn close(socket: Socket, code: u16, reason: &str) {
         let _ = writer.shutdown().await;
         let mut sink = [0u8; 512];
         let drain = async { while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {} };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
     }
 }
 

@@ -208,7 +208,6 @@ pub async fn read_frames(
     target: &mut (impl AsyncWrite + Unpin),
     control: &tokio::sync::mpsc::Sender<Incoming>,
 ) -> std::io::Result<bool> {
-    const READ: usize = 64 * 1024;
     // Whether the message being continued is binary (continuation frames carry no type).
     let mut binary_message = false;
     loop {
@@ -217,8 +216,7 @@ pub async fn read_frames(
         let (header, len) = match parsed {
             Ok(Some(found)) => found,
             Ok(None) => {
-                carry.reserve(READ);
-                if reader.read_buf(&mut carry).await? == 0 {
+                if !read_more(reader, &mut carry).await? {
                     return Ok(false);
                 }
                 continue;
@@ -237,8 +235,7 @@ pub async fn read_frames(
                     return protocol_error(control).await;
                 }
                 while (carry.len() as u64) < len {
-                    carry.reserve(READ);
-                    if reader.read_buf(&mut carry).await? == 0 {
+                    if !read_more(reader, &mut carry).await? {
                         return Ok(false);
                     }
                 }
@@ -275,11 +272,8 @@ pub async fn read_frames(
                 let mut left = len;
                 let mut offset = 0u64;
                 while left > 0 {
-                    if carry.is_empty() {
-                        carry.reserve(READ);
-                        if reader.read_buf(&mut carry).await? == 0 {
-                            return Ok(false);
-                        }
+                    if carry.is_empty() && !read_more(reader, &mut carry).await? {
+                        return Ok(false);
                     }
                     let take = (carry.len() as u64).min(left) as usize;
                     let mut piece = carry.split_to(take);
@@ -293,6 +287,13 @@ pub async fn read_frames(
             }
         }
     }
+}
+
+/// Appends what the client has sent next to `carry`; false once it has gone away.
+async fn read_more(reader: &mut (impl AsyncRead + Unpin), carry: &mut BytesMut) -> std::io::Result<bool> {
+    const READ: usize = 64 * 1024;
+    carry.reserve(READ);
+    Ok(reader.read_buf(carry).await? > 0)
 }
 
 async fn protocol_error(control: &tokio::sync::mpsc::Sender<Incoming>) -> std::io::Result<bool> {
