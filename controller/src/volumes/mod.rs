@@ -249,17 +249,10 @@ async fn detach_volume(
     if state.vms.is_running(&vm).await? {
         let qmp_sock = state.vms.run_dirs.qmp(&vm_id);
         let (node, dev) = volume_ids(&volume.id);
-        qmp::command(&qmp_sock, "device_del", Some(serde_json::json!({"id": dev})))
-            .await
-            .map_err(|e| ApiError::Operation(format!("unplugging the volume: {e:#}")))?;
-        if !wait_device_gone(&qmp_sock, &dev).await {
-            return Err(ApiError::Conflict(
-                "The guest has not released the disk yet (is it still booting?); try again".into(),
-            ));
-        }
-        qmp::command(&qmp_sock, "blockdev-del", Some(serde_json::json!({"node-name": node})))
-            .await
-            .map_err(|e| ApiError::Operation(format!("releasing the volume: {e:#}")))?;
+        // An error here is not the end: an earlier detach that timed out may have left the device
+        // mid-unplug, or already gone. Whether the node can be released decides.
+        let asked = qmp::command(&qmp_sock, "device_del", Some(serde_json::json!({"id": dev}))).await;
+        release_node(&qmp_sock, &node, asked.err()).await?;
     }
     let v = vol_id.clone();
     let volume = state
@@ -273,20 +266,30 @@ async fn detach_volume(
     Ok(Json(VolumeResponse { success: true, message: format!("Volume {} detached", volume.name), volume }))
 }
 
-/// `device_del` only asks the guest; the device is gone once QEMU no longer lists it.
-async fn wait_device_gone(qmp_sock: &std::path::Path, dev: &str) -> bool {
+/// Deletes a hot-unplugged volume's block node once QEMU lets go of it. `device_del` only asks the
+/// guest; QEMU frees the node when it finalizes the device, which can be after the device has
+/// left `query-block`, so the deletion itself is retried while the node is still in use.
+async fn release_node(
+    qmp_sock: &std::path::Path,
+    node: &str,
+    unplug_error: Option<anyhow::Error>,
+) -> ApiResult<()> {
     let deadline = Instant::now() + UNPLUG_TIMEOUT;
-    let needle = format!("/machine/peripheral/{dev}/");
-    while Instant::now() < deadline {
-        if let Ok(blocks) = qmp::command(qmp_sock, "query-block", None).await {
-            let present = blocks.as_array().is_some_and(|list| {
-                list.iter().any(|b| b["qdev"].as_str().is_some_and(|q| q.starts_with(&needle)))
-            });
-            if !present {
-                return true;
-            }
+    loop {
+        let args = serde_json::json!({"node-name": node});
+        let error = match qmp::command(qmp_sock, "blockdev-del", Some(args)).await {
+            Ok(_) => return Ok(()),
+            Err(e) => format!("{e:#}"),
+        };
+        if !error.contains("is in use") {
+            return Err(ApiError::Operation(format!("releasing the volume: {error}")));
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::Conflict(match unplug_error {
+                Some(e) => format!("The guest has not released the disk: unplugging it failed: {e:#}"),
+                None => "The guest has not released the disk yet (is it still booting?); try again".into(),
+            }));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    false
 }
