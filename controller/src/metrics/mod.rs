@@ -131,6 +131,7 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
         Some(rt) => rt.usage(&vm.id).await,
         None => None,
     };
+    let at = Instant::now();
     let qmp_sock = state.vms.run_dirs.qmp(&vm.id);
     let (disks, guest_memory_bytes) = match crate::qmp::Qmp::connect(&qmp_sock).await {
         Ok(mut q) => {
@@ -142,7 +143,7 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
         Err(_) => (None, None),
     };
     // Rates need the time the counters were read, before the agent (which may take seconds).
-    let at = Instant::now();
+    let disks_at = Instant::now();
     let silent = state.metrics.latest().agent_silent_until.get(&vm.id).is_some_and(|t| *t > Instant::now());
     let interfaces = if silent {
         None
@@ -166,7 +167,7 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
             }
         }
     };
-    Reading { at, net_at: Instant::now(), usage, disks, guest_memory_bytes, interfaces }
+    Reading { at, disks_at, net_at: Instant::now(), usage, disks, guest_memory_bytes, interfaces }
 }
 
 /// One pass: reads everything, records it, and pushes it to listeners.

@@ -62,8 +62,11 @@ pub fn disk_counters(blockstats: &Value) -> DiskCounters {
 /// One reading of a VM's raw counters.
 #[derive(Debug, Clone)]
 pub struct Reading {
-    /// When CPU, memory and disk counters were read.
+    /// When CPU and memory were read.
     pub at: Instant,
+    /// When the disk counters were read (QMP can take a while on a loaded host, so CPU and disk
+    /// rates each use their own clock).
+    pub disks_at: Instant,
     /// When the guest agent's interface counters were read.
     pub net_at: Instant,
     pub usage: Option<Usage>,
@@ -93,6 +96,7 @@ fn rate(now: u64, before: u64, seconds: f64) -> f64 {
 /// Turns this reading and the previous one into rates.
 pub fn metrics(vm_id: &str, name: &str, ts: i64, now: &Reading, before: Option<&Reading>) -> VmMetrics {
     let seconds = before.map(|b| now.at.duration_since(b.at).as_secs_f64()).unwrap_or(0.0);
+    let disk_seconds = before.map(|b| now.disks_at.duration_since(b.disks_at).as_secs_f64()).unwrap_or(0.0);
     let cpu_percent = match (now.usage, before.and_then(|b| b.usage)) {
         (Some(n), Some(b)) if seconds > 0.0 => {
             ((n.cpu_seconds - b.cpu_seconds).max(0.0) / seconds * 1000.0).round() / 10.0
@@ -117,10 +121,10 @@ pub fn metrics(vm_id: &str, name: &str, ts: i64, now: &Reading, before: Option<&
         cpu_percent,
         memory_bytes: now.usage.map(|u| u.memory_bytes).unwrap_or(0),
         guest_memory_bytes: now.guest_memory_bytes,
-        disk_read_bytes_per_s: rate(disks.rd_bytes, prev_disks.rd_bytes, seconds),
-        disk_write_bytes_per_s: rate(disks.wr_bytes, prev_disks.wr_bytes, seconds),
-        disk_read_ops_per_s: rate(disks.rd_ops, prev_disks.rd_ops, seconds),
-        disk_write_ops_per_s: rate(disks.wr_ops, prev_disks.wr_ops, seconds),
+        disk_read_bytes_per_s: rate(disks.rd_bytes, prev_disks.rd_bytes, disk_seconds),
+        disk_write_bytes_per_s: rate(disks.wr_bytes, prev_disks.wr_bytes, disk_seconds),
+        disk_read_ops_per_s: rate(disks.rd_ops, prev_disks.rd_ops, disk_seconds),
+        disk_write_ops_per_s: rate(disks.wr_ops, prev_disks.wr_ops, disk_seconds),
         disk_read_bytes_total: disks.rd_bytes,
         disk_write_bytes_total: disks.wr_bytes,
         net_rx_bytes_per_s: net_rx,
@@ -142,6 +146,7 @@ mod tests {
         let t0 = Instant::now();
         let before = Reading {
             at: t0,
+            disks_at: t0,
             net_at: t0,
             usage: Some(Usage { cpu_seconds: 10.0, memory_bytes: 1 }),
             disks: Some(DiskCounters { rd_bytes: 1000, wr_bytes: 0, rd_ops: 1, wr_ops: 0 }),
@@ -150,6 +155,7 @@ mod tests {
         };
         let now = Reading {
             at: t0 + Duration::from_secs(2),
+            disks_at: t0 + Duration::from_secs(2),
             net_at: t0 + Duration::from_secs(2),
             usage: Some(Usage { cpu_seconds: 11.0, memory_bytes: 300 }),
             disks: Some(DiskCounters { rd_bytes: 5000, wr_bytes: 2000, rd_ops: 5, wr_ops: 2 }),
