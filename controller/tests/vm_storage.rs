@@ -2,12 +2,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::guest::{guest_iso, wait_serial};
 use common::{TestResult, TestServer};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -88,6 +88,26 @@ async fn volumes_and_cloud_init_reach_the_guest() -> TestResult {
     assert_eq!(status, StatusCode::OK, "{body}");
     let blocks = controller::qmp::command(&run_dir.join("qmp.sock"), "query-block", None).await?;
     assert!(!blocks.to_string().contains(&format!("voldev-{b}")));
+
+    // A detach that QEMU already carried out (as when an earlier one got that far and then failed to
+    // record it) still finishes: there is nothing left to release.
+    let (status, body) =
+        s.call(Method::POST, &format!("/api/vms/{id}/volumes/{b}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let qmp_sock = run_dir.join("qmp.sock");
+    controller::qmp::command(&qmp_sock, "device_del", Some(json!({"id": format!("voldev-{b}")}))).await?;
+    let released = Instant::now() + Duration::from_secs(30);
+    while let Err(e) =
+        controller::qmp::command(&qmp_sock, "blockdev-del", Some(json!({"node-name": format!("vol-{b}")})))
+            .await
+    {
+        assert!(Instant::now() < released, "the guest never let go of the volume: {e:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) =
+        s.call(Method::DELETE, &format!("/api/vms/{id}/volumes/{b}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["volume"]["attached_to"], Value::Null, "{body}");
 
     let (status, _) =
         s.call(Method::POST, &format!("/api/vms/{id}/stop?force=true"), Some(&admin), None).await;

@@ -281,6 +281,10 @@ async fn release_node(
             Ok(_) => return Ok(()),
             Err(e) => format!("{e:#}"),
         };
+        // An earlier detach got this far and then failed to record it: nothing left to release.
+        if error.contains("Failed to find node") {
+            return Ok(());
+        }
         if !error.contains("is in use") {
             return Err(ApiError::Operation(format!("releasing the volume: {error}")));
         }
