@@ -475,6 +475,8 @@ impl VmManager {
         let now = now_unix();
         match (vm.status, actual.running) {
             (VmStatus::Running, false) => {
+                // QEMU is gone, but its supervisor may not have recorded why yet.
+                rt.finished(id).await;
                 let error = self.exit_error(id, rt.exit_detail(id).await);
                 if let Some(e) = &error {
                     tracing::warn!(vm_id = id, error = e, "VM stopped unexpectedly");
