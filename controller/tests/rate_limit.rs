@@ -67,14 +67,15 @@ async fn failures_for_one_username_block_it_from_every_address() -> TestResult {
 #[tokio::test]
 async fn the_limit_lifts_when_the_window_passes() -> TestResult {
     let s = TestServer::start_with(|c| {
-        c.login_rate_limit = RateLimit::Failures { max: 2, window: Duration::from_secs(1) };
+        // Long enough for three logins (bcrypt in a debug build) on a loaded machine.
+        c.login_rate_limit = RateLimit::Failures { max: 2, window: Duration::from_secs(3) };
     })
     .await;
     for _ in 0..2 {
         assert_eq!(s.login("admin", "bad").await.status(), StatusCode::UNAUTHORIZED);
     }
     assert_eq!(s.login("admin", "admin").await.status(), StatusCode::TOO_MANY_REQUESTS);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(s.login("admin", "admin").await.status(), StatusCode::OK);
     Ok(())
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::guest::{guest_iso, type_on_serial, wait_serial};
 use common::{TestResult, TestServer};
@@ -140,25 +140,51 @@ async fn schedules_take_backups_and_prune_to_keep() -> TestResult {
     assert_eq!(status, StatusCode::OK, "{manual}");
     let (status, _) = s.post(&path, &admin, json!({"interval": 1, "keep": 2})).await;
     assert_eq!(status, StatusCode::OK);
-    // Several ticks: more scheduled backups are taken than kept.
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Several ticks: more scheduled backups are taken than kept (the manual one and three more).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while succeeded_backups(&s, &admin, &id).await < 4 {
+        assert!(Instant::now() < deadline, "fewer than three scheduled backups in 60 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (_, sched) = s.get(&path, &admin).await;
     assert!(sched["last_run"].is_string() && sched["last_error"].is_null(), "{sched}");
     let (status, _) = s.call(Method::DELETE, &path, Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_secs(3)).await; // a run in flight finishes
 
-    let (_, list) = s.get("/api/backups", &admin).await;
-    let list = list.as_array().ok_or("list")?;
-    let scheduled = list.iter().filter(|b| b["scheduled"] == true).count();
-    assert_eq!(scheduled, 2, "pruned to keep: {list:?}");
-    assert!(list.iter().any(|b| b["id"] == manual["id"]), "manual backups are never pruned");
-    let files = std::fs::read_dir(s.data_dir.path().join("backups"))?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.zst"))
-        .count();
-    assert_eq!(files, 3, "pruned archives are deleted");
+    // Retention follows each scheduled run, which may still be in flight: wait for it to settle.
+    let archives = || -> std::io::Result<usize> {
+        Ok(std::fs::read_dir(s.data_dir.path().join("backups"))?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.zst"))
+            .count())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = s.get("/api/backups", &admin).await;
+        let list = list.as_array().ok_or("list")?;
+        let scheduled = list.iter().filter(|b| b["scheduled"] == true).count();
+        let files = archives()?;
+        if scheduled == 2 && files == 3 {
+            assert!(list.iter().any(|b| b["id"] == manual["id"]), "manual backups are never pruned");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not pruned to keep=2 (plus the manual one): {scheduled} scheduled, {files} archives: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
+}
+
+/// How many backup jobs of the VM have succeeded.
+async fn succeeded_backups(s: &TestServer, token: &str, vm_id: &str) -> usize {
+    let (_, jobs) = s.get("/api/jobs", token).await;
+    jobs.as_array().map_or(0, |jobs| {
+        jobs.iter()
+            .filter(|j| j["kind"] == "backup" && j["vm_id"] == vm_id && j["state"] == "succeeded")
+            .count()
+    })
 }
 
 #[tokio::test]

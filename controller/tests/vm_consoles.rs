@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-const TICKET_TTL: u64 = 3;
+/// Long enough for every check that needs a live ticket or SPICE password on a loaded machine
+/// (two UEFI guests under TCG), short enough to wait out for the expiry checks.
+const TICKET_TTL: u64 = 15;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Opens a console WebSocket asking for the `binary` subprotocol, and checks it is echoed.
@@ -96,6 +98,11 @@ async fn spice_login(port: u16, password: &str) -> Result<u32, Box<dyn std::erro
     conn.write_all(&encrypted).await?;
     let mut result = [0u8; 4];
     conn.read_exact(&mut result).await?;
+    // Hang up and wait for the other end to follow, so the controller's forwarder is gone before
+    // the test counts what a disconnect closes.
+    conn.shutdown().await?;
+    let mut rest = Vec::new();
+    let _ = timeout(WAIT, conn.read_to_end(&mut rest)).await;
     Ok(u32::from_le_bytes(result))
 }
 
@@ -147,7 +154,9 @@ async fn consoles_proxy_spice_and_vnc_to_real_qemu_and_keep_strangers_out() -> T
     let mut second = open(&s, &ws_url).await?;
     second.send(Message::Binary(spice_link().into())).await?;
     assert_eq!(&read_bytes(&mut second, 4).await?[..4], b"REDQ");
-    drop(second);
+    // Closed properly, so the controller is done with it before the disconnect count below.
+    second.close(None).await?;
+    assert_eq!(close_code(&mut second).await, Some(1000), "the close is answered");
 
     // VNC through the proxy, with a ticket and with a bearer token.
     let (status, vnc) = s.get(&format!("/api/vms/{id}/vnc"), &admin).await;

@@ -140,9 +140,18 @@ async fn bridge_and_macvtap_nics_reach_their_links_and_hard_restart_reboots() ->
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(rx_after > rx_before, "no frame from the guest reached the macvtap's parent link");
-    let tap_tx: u64 =
-        std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/rx_packets"))?.trim().parse()?;
-    assert!(tap_tx > 0, "no frame from the guest entered the bridge through its tap");
+    let tap_rx = || -> Result<u64, Box<dyn std::error::Error>> {
+        Ok(std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/rx_packets"))?.trim().parse()?)
+    };
+    let mut entered = tap_rx()?;
+    for _ in 0..40 {
+        if entered > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        entered = tap_rx()?;
+    }
+    assert!(entered > 0, "no frame from the guest entered the bridge through its tap");
 
     // Hard restart: QMP reset, the same QEMU boots the guest again.
     let (status, body) =

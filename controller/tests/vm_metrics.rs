@@ -125,12 +125,21 @@ async fn metrics_follow_a_real_guest_and_are_pushed() -> TestResult {
     let (id, run_dir) = s.boot_guest(&admin, "measured", &iso).await;
     wait_serial_async(&run_dir, "FASTVM-IP eth0", 1, Duration::from_secs(60)).await;
 
-    // Memory: within 10% of what the kernel says QEMU's resident set is.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Memory: within 10% of what the kernel says QEMU's resident set is (a reading is from the last
+    // pass and the resident set moves, so a few passes are allowed to agree).
     let pid: u32 = std::fs::read_to_string(run_dir.join("qemu.pid"))?.trim().parse()?;
-    let reading = vm_reading(&s, &admin, &id).await;
-    let (ours, kernel) = (reading["memory_bytes"].as_f64().unwrap_or(0.0), rss_bytes(pid) as f64);
-    assert!(kernel > 0.0 && (ours - kernel).abs() / kernel < 0.10, "metrics {ours} vs VmRSS {kernel}");
+    let mut compared = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let ours = vm_reading(&s, &admin, &id).await["memory_bytes"].as_f64().unwrap_or(0.0);
+        let kernel = rss_bytes(pid) as f64;
+        compared.push((ours, kernel));
+        if kernel > 0.0 && (ours - kernel).abs() / kernel < 0.10 {
+            break;
+        }
+    }
+    let agreed = compared.iter().any(|(ours, kernel)| *kernel > 0.0 && (ours - kernel).abs() / kernel < 0.10);
+    assert!(agreed, "metrics vs VmRSS: {compared:?}");
 
     // CPU rises with a busy loop in the guest and falls once it is killed.
     let idle = cpu_at_rest(&s, &admin, &id, &run_dir, 30.0).await;
@@ -148,15 +157,29 @@ async fn metrics_follow_a_real_guest_and_are_pushed() -> TestResult {
     let before = vm_reading(&s, &admin, &id).await["disk_read_bytes_total"].as_u64().unwrap_or(0);
     type_on_serial(&run_dir, "dd if=/dev/vda of=/dev/null bs=1M count=64 && echo READ-DONE")?;
     wait_serial_async(&run_dir, "\nREAD-DONE", 1, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let reading = vm_reading(&s, &admin, &id).await;
-    let grown = reading["disk_read_bytes_total"].as_u64().unwrap_or(0).saturating_sub(before);
-    assert!(grown >= 64 << 20, "read counter grew by {grown}: {reading}");
+    let counted = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reading = vm_reading(&s, &admin, &id).await;
+        let grown = reading["disk_read_bytes_total"].as_u64().unwrap_or(0).saturating_sub(before);
+        if grown >= 64 << 20 {
+            break;
+        }
+        assert!(Instant::now() < counted, "read counter grew by {grown}: {reading}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // The guest agent: hostname and the NIC's address, also in the VM list.
-    let (status, info) = s.get(&format!("/api/vms/{id}/guest-info"), &admin).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(info["available"], true, "{info}");
+    // A TCG guest on a loaded host can miss the agent's answer window once; it is asked again.
+    let answered = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let (status, info) = s.get(&format!("/api/vms/{id}/guest-info"), &admin).await;
+        assert_eq!(status, StatusCode::OK);
+        if info["available"] == true {
+            break info;
+        }
+        assert!(Instant::now() < answered, "the guest agent never answered: {info}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     assert!(info["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{info}");
     assert!(info["ip_addresses"].as_array().is_some_and(|a| a.iter().any(|ip| ip == "10.0.2.15")), "{info}");
     let (_, vms) = s.get("/api/vms", &admin).await;

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::guest::{guest_iso, type_on_serial};
+use common::guest::{guest_iso, type_on_serial, wait_serial_async};
 use common::{TestResult, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -79,14 +79,16 @@ async fn live_snapshot_restores_a_running_guest_where_it_was() -> TestResult {
     let (id, run_dir) = s.boot_guest(&admin, "live snap", &iso).await;
 
     // The marker lives in the guest's RAM only (its root is an initramfs).
-    type_on_serial(&run_dir, "echo BEFORE-SNAP > /tmp/marker")?;
+    type_on_serial(&run_dir, "echo BEFORE-SNAP > /tmp/marker && echo MARKED-BEFORE")?;
+    wait_serial_async(&run_dir, "\nMARKED-BEFORE", 1, Duration::from_secs(60)).await;
     let (status, body) = s.post(&format!("/api/vms/{id}/snapshots"), &admin, json!({"name": "live"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["snapshot"]["vm_state"], true);
     let snap = body["snapshot"]["id"].as_str().ok_or("id")?.to_string();
     let (_, list) = s.get(&format!("/api/vms/{id}/snapshots"), &admin).await;
     assert!(list[0]["size"].as_u64().is_some_and(|n| n > 0), "RAM was saved: {list}");
-    type_on_serial(&run_dir, "echo AFTER-SNAP > /tmp/marker")?;
+    type_on_serial(&run_dir, "echo AFTER-SNAP > /tmp/marker && echo MARKED-AFTER")?;
+    wait_serial_async(&run_dir, "\nMARKED-AFTER", 1, Duration::from_secs(60)).await;
 
     let (status, _) =
         s.call(Method::POST, &format!("/api/vms/{id}/snapshots/{snap}/restore"), Some(&admin), None).await;

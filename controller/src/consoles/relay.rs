@@ -184,6 +184,29 @@ mod tests {
         Ok((browser, relay))
     }
 
+    /// Waits until a relay to a browser that reads nothing has taken some data from the console
+    /// (more than the `start` count, read before the relay was made) and then stopped taking
+    /// more; fails if it takes without bound. Sampled until it settles, so
+    /// a loaded machine that fills the buffers slowly is not mistaken for a relay that never stops.
+    async fn settles(taken: &AtomicU64, start: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut before = start;
+        loop {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let now = taken.load(Ordering::Relaxed);
+            let total = now - start;
+            assert!(total < 64 << 20, "the relay took {total} bytes for a browser that reads nothing");
+            if now > start && now - before <= 1 << 20 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still taking data from the console: {before} -> {now}"
+            );
+            before = now;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_browser_that_does_not_read_holds_the_console_back() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -194,23 +217,8 @@ mod tests {
         let (mut browser, relay) = relayed(&path, cut).await?;
 
         // The browser reads nothing: once the socket buffers on the way are full, the relay
-        // stops taking from the console. Sampled until it settles, so a loaded machine that fills
-        // the buffers slowly is not mistaken for a relay that never stops.
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        let mut stalled = taken.load(Ordering::Relaxed);
-        loop {
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            let later = taken.load(Ordering::Relaxed);
-            assert!(later < 64 << 20, "the relay took {later} bytes for a browser that reads nothing");
-            if later - stalled <= 1 << 20 && later > 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still taking data from the console: {stalled} -> {later}"
-            );
-            stalled = later;
-        }
+        // stops taking from the console.
+        settles(&taken, 0).await;
 
         // Once the browser reads, frames flow again: binary frames, unmasked, of console bytes.
         let mut head = [0u8; 10];
@@ -240,9 +248,11 @@ mod tests {
         assert!(rest.windows(close.len()).any(|w| w == close), "no close frame at the end");
 
         // A browser that never reads cannot hold a disconnect off: it is dropped after the grace.
+        let start = taken.load(Ordering::Relaxed);
         let (_stuck, relay) = relayed(&path, cut_tx.subscribe()).await?;
+        // Buffers full first: a close frame that still fits would end the relay at once.
+        settles(&taken, start).await;
         let started = std::time::Instant::now();
-        tokio::time::sleep(Duration::from_millis(500)).await;
         cut_tx.send_modify(|g| *g += 1);
         tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(3), relay).await??;
         assert!(started.elapsed() >= CLOSE_GRACE, "dropped only after the grace, not at once");
