@@ -186,8 +186,8 @@ mod tests {
 
     /// Waits until a relay to a browser that reads nothing has taken some data from the console
     /// (more than the `start` count, read before the relay was made) and then stopped taking
-    /// more; fails if it takes without bound. Sampled until it settles, so
-    /// a loaded machine that fills the buffers slowly is not mistaken for a relay that never stops.
+    /// more; fails if it takes without bound. Sampled until it settles, so a loaded machine that
+    /// fills the buffers slowly is not mistaken for a relay that never stops.
     async fn settles(taken: &AtomicU64, start: u64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         let mut before = start;
