@@ -68,6 +68,23 @@ pub async fn backing_file(qemu_img: &Path, image: &Path) -> Option<PathBuf> {
     Some(if path.is_absolute() { path } else { image.parent().unwrap_or(Path::new("/")).join(path) })
 }
 
+/// Every image under `image`, nearest first (empty for a standalone image or a missing one).
+pub async fn backing_chain(qemu_img: &Path, image: &Path) -> Vec<PathBuf> {
+    let mut chain = Vec::new();
+    let mut current = image.to_path_buf();
+    // Bounded in case of a cycle.
+    while chain.len() < 64 {
+        match backing_file(qemu_img, &current).await {
+            Some(b) if !chain.contains(&b) => {
+                chain.push(b.clone());
+                current = b;
+            }
+            _ => break,
+        }
+    }
+    chain
+}
+
 /// An overlay on `base` at `target`: it starts out reading everything from the base and writes only
 /// to itself.
 pub async fn create_overlay(qemu_img: &Path, base: &Path, target: &Path) -> ApiResult<()> {
@@ -87,14 +104,7 @@ pub async fn collect_unused_bases(qemu_img: &Path, base_dir: &Path, disks: &[Pat
         entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
     let mut needed = std::collections::HashSet::new();
     for disk in disks.iter().filter(|d| d.exists()) {
-        let mut current = disk.clone();
-        // Follow the chain down; every base on it is needed. Bounded in case of a cycle.
-        for _ in 0..64 {
-            match backing_file(qemu_img, &current).await {
-                Some(b) if needed.insert(b.clone()) => current = b,
-                _ => break,
-            }
-        }
+        needed.extend(backing_chain(qemu_img, disk).await);
     }
     let mut removed = Vec::new();
     for base in bases {

@@ -178,6 +178,12 @@ async fn docker_vm_lifecycle_survives_controller_restarts_and_reports_kills() ->
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(container(&stranger).is_some(), "an unlabeled container was touched");
 
+    // A live backup: QEMU inside the container writes the copy.
+    let (status, body) =
+        call(&client, &second, &token, reqwest::Method::POST, &format!("/api/vms/{id}/backup")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["size_mb"].as_f64().is_some(), "{body}");
+
     // ACPI stop ends the container.
     let (status, body) =
         call(&client, &second, &token, reqwest::Method::POST, &format!("/api/vms/{id}/stop?timeout=60"))
@@ -188,6 +194,26 @@ async fn docker_vm_lifecycle_survives_controller_restarts_and_reports_kills() ->
     assert_eq!(container(&name).ok_or("container kept for its logs")?["State"]["Running"], false);
     let serial = std::fs::read_to_string(run_dir.join("serial.log"))?;
     assert!(serial.contains("FASTVM-POWERDOWN"));
+
+    // A clone shares the source's disk as a base outside both VMs' directories: the clone's
+    // container sees it (read-only), and so does the source's on its next start below.
+    let cloned: Value = client
+        .post(second.url(&format!("/api/vms/{id}/clone")))
+        .bearer_auth(&token)
+        .json(&json!({"name": "docker clone"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let clone_id = cloned["vm"]["id"].as_str().ok_or_else(|| format!("clone: {cloned}"))?.to_string();
+    cleanup.0.push(format!("fastvm-{clone_id}"));
+    let (status, body) =
+        call(&client, &second, &token, reqwest::Method::POST, &format!("/api/vms/{clone_id}/start")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) =
+        call(&client, &second, &token, reqwest::Method::DELETE, &format!("/api/vms/{clone_id}?force=true"))
+            .await;
+    assert_eq!(status, StatusCode::OK);
 
     // docker kill: within 10 s the VM shows stopped with a reason.
     let (status, body) =

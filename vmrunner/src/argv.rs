@@ -131,6 +131,10 @@ pub struct Launch {
     /// Start from this internal snapshot's saved RAM state (restoring a live snapshot).
     #[serde(default)]
     pub loadvm: Option<String>,
+    /// The read-only images the disk is stacked on (a clone's shared bases, outside `vm_dir`),
+    /// which a container must see to open the disk.
+    #[serde(default)]
+    pub backing_files: Vec<PathBuf>,
 }
 
 impl Launch {

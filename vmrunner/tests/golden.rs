@@ -21,6 +21,7 @@ fn launch(accel: Accel, nics: Vec<NicBackend>) -> Launch {
         volumes: Vec::new(),
         volumes_dir: None,
         loadvm: None,
+        backing_files: Vec::new(),
     }
 }
 

@@ -230,7 +230,14 @@ async fn take_backup(
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let disk = vm_dir.join("disk0.qcow2");
     let running = state.vms.is_running(&vm).await?;
-    if running {
+    // Live copies are written by QEMU, so they go where QEMU can write even inside its container:
+    // the VM's own directory (removed with the work directory, as they are).
+    let copies = if running {
+        Some(tempfile::Builder::new().prefix(".backup-").tempdir_in(&vm_dir).context("copy directory")?)
+    } else {
+        None
+    };
+    if let Some(copies) = &copies {
         let mut disks = Vec::new();
         if disk.exists() {
             disks.push(LiveDisk {
@@ -252,7 +259,7 @@ async fn take_backup(
         let share = 0.5 / disks.len().max(1) as f64;
         for (i, d) in disks.iter().enumerate() {
             progress.phase(&format!("copying {}", d.member));
-            let copy = work.path().join(format!("copy-{i}"));
+            let copy = copies.path().join(format!("copy-{i}"));
             let from = share * i as f64;
             live_copy(state, &vm, d, &copy, &|done, total| progress.bytes(done, total, from, from + share))
                 .await?;

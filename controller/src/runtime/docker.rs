@@ -21,6 +21,7 @@ use vmrunner::run_config::RunConfig;
 use vmrunner::{NetworkType, Protocol};
 
 use super::{Actual, RunDirs, Runtime, Usage, wait_ready, write_run_config};
+use crate::storage;
 
 pub const LABEL_MANAGED: &str = "fastvm.managed";
 pub const LABEL_VM_ID: &str = "fastvm.vm_id";
@@ -132,6 +133,9 @@ pub fn container_body(
     }
     if let Some(dir) = &launch.volumes_dir {
         mounts.push(bind(dir, false));
+    }
+    for base in &launch.backing_files {
+        mounts.push(bind(base, true));
     }
     let mut devices = Vec::new();
     if launch.accel == Accel::Kvm {
@@ -253,7 +257,9 @@ impl Runtime for DockerRuntime {
             Some((false, _, _, false)) => bail!("a container called {name} exists and is not Fast VM's"),
             None => {}
         }
-        let inner = container_run_config(config);
+        let mut inner = container_run_config(config);
+        inner.launch.backing_files =
+            storage::backing_chain(&config.qemu_img, &config.launch.disk_path()).await;
         let config_path = write_run_config(&inner)?;
         let body = container_body(&inner, &self.image, &self.port_forward_bind, &config_path);
         self.docker
@@ -402,6 +408,7 @@ mod tests {
                 volumes: vec![],
                 volumes_dir: None,
                 loadvm: None,
+                backing_files: vec!["/data/base/b1.qcow2".into()],
             },
             qemu: "/usr/bin/qemu-system-x86_64".into(),
             qemu_img: "/usr/bin/qemu-img".into(),
@@ -444,6 +451,8 @@ mod tests {
         let mounts = hc.mounts.unwrap_or_default();
         let iso = mounts.iter().find(|m| m.target.as_deref() == Some("/data/images/a.iso"));
         assert_eq!(iso.and_then(|m| m.read_only), Some(true));
+        let base = mounts.iter().find(|m| m.target.as_deref() == Some("/data/base/b1.qcow2"));
+        assert_eq!(base.and_then(|m| m.read_only), Some(true), "a clone's base, read-only");
         assert!(
             mounts
                 .iter()

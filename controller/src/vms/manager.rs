@@ -301,6 +301,8 @@ impl VmManager {
             volumes,
             volumes_dir: Some(self.volumes_dir.clone()),
             loadvm: None,
+            // Only a container needs them spelled out (the docker runtime fills them in).
+            backing_files: Vec::new(),
         };
         Ok(RunConfig {
             spec: vm.spec.clone(),
