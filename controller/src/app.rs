@@ -1,6 +1,7 @@
 //! Assembles the HTTP application: API routes (documented with utoipa), Swagger UI, the dashboard,
 //! and the layers every response goes through.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,6 +103,12 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
     // VMs are started from other working directories (and, later, containers): use absolute paths.
     settings.data_dir = settings.data_dir.canonicalize()?;
     settings.run_dir = Some(settings.run_dir().canonicalize()?);
+    // Nothing runs yet, so whatever is mid-way is left over from a controller that was cut short.
+    let data_dirs: Vec<PathBuf> =
+        settings.layout_dirs().into_iter().filter(|d| Some(d) != settings.run_dir.as_ref()).collect();
+    for path in crate::storage::sweep_leftovers(&data_dirs, &settings.data_dir.join("vms")) {
+        tracing::info!(path = %path.display(), "removed a leftover of an interrupted operation");
+    }
     let store = Store::open(&settings.db_path())?;
     let tokens = TokenKeys::load(settings.jwt_secret.as_deref(), &settings.data_dir)?;
     auth::ensure_default_admin(&store, settings.bcrypt_cost).await?;

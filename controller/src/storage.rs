@@ -34,6 +34,47 @@ pub async fn produce(target: &Path, what: &str, make: impl FnOnce(&Path) -> Comm
     result
 }
 
+/// Whether a file or directory name is one of the controller's work-in-progress names: a `produce`
+/// result not yet moved into place, an upload being received, a backup's or restore's work directory.
+fn is_work_in_progress(name: &str) -> bool {
+    name.starts_with('.')
+        && (name.ends_with(".tmp")
+            || [".backup-", ".restore-", ".upload-"].iter().any(|p| name.starts_with(p)))
+}
+
+/// Removes what operations cut short by a crash or a kill left behind in `dirs` and in the VM
+/// directories under `vms_dir` (a half-written backup can be as big as the VM's disks). Only for
+/// startup, before any operation runs. Returns what was removed.
+pub fn sweep_leftovers(dirs: &[PathBuf], vms_dir: &Path) -> Vec<PathBuf> {
+    let vm_dirs: Vec<PathBuf> = std::fs::read_dir(vms_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut removed = Vec::new();
+    for dir in dirs.iter().chain(&vm_dirs) {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            if !is_work_in_progress(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let path = entry.path();
+            let gone =
+                if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            match gone {
+                Ok(()) => removed.push(path),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover"),
+            }
+        }
+    }
+    removed
+}
+
 fn temporary_name(target: &Path) -> PathBuf {
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     target.with_file_name(format!(".{name}.tmp"))
@@ -114,4 +155,48 @@ pub async fn collect_unused_bases(qemu_img: &Path, base_dir: &Path, disks: &[Pat
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_cut_short_operations_are_swept_and_nothing_else() -> anyhow::Result<()> {
+        let data = tempfile::tempdir()?;
+        let (vms, backups, images) =
+            (data.path().join("vms"), data.path().join("backups"), data.path().join("images"));
+        let vm = vms.join("0123456789ab");
+        for dir in [&vm, &backups, &images] {
+            std::fs::create_dir_all(dir)?;
+        }
+        let stale = [
+            backups.join(".backup-x1"),
+            backups.join(".upload-y2"),
+            vms.join(".restore-z3"),
+            vm.join(".backup-w4"),
+        ];
+        for dir in &stale {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(dir.join("copy-0"), b"half a disk")?;
+        }
+        let stale_files = [vm.join(".disk0.qcow2.tmp"), images.join(".upload-abc.tmp")];
+        let kept = [
+            vm.join("disk0.qcow2"),
+            vm.join("OVMF_VARS.fd"),
+            backups.join("fastvm-web-1-a.tar.zst"),
+            images.join("debian.iso"),
+            images.join(".hidden-by-the-operator"),
+        ];
+        for f in stale_files.iter().chain(&kept) {
+            std::fs::write(f, b"x")?;
+        }
+
+        let removed = sweep_leftovers(&[vms.clone(), backups, images], &vms);
+        assert_eq!(removed.len(), stale.len() + stale_files.len(), "{removed:?}");
+        assert!(stale.iter().chain(&stale_files).all(|p| !p.exists()));
+        assert!(kept.iter().all(|p| p.exists()));
+        assert!(vm.is_dir());
+        Ok(())
+    }
 }

@@ -385,3 +385,38 @@ async fn backup_progress_is_readable_and_attached_volumes_come_back() -> TestRes
     assert!(failed["message"].as_str().is_some_and(|m| m.contains("damaged")), "{failed}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_restart_sweeps_what_an_interrupted_backup_left_and_keeps_the_backups() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let (id, _) = stopped_vm_with_disk(&s, &admin, "interrupted", 1).await?;
+    let (status, backup) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{backup}");
+    let data = s.data_dir.path().to_path_buf();
+    // What a controller killed mid-way leaves: a backup's work directory, a live copy in the VM's
+    // directory, a restore's staging directory, an upload being received.
+    let leftovers = [
+        data.join("backups/.backup-AbC123"),
+        data.join(format!("vms/{id}/.backup-DeF456")),
+        data.join("vms/.restore-GhI789"),
+    ];
+    for dir in &leftovers {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("copy-0"), vec![0u8; 1 << 20])?;
+    }
+    let upload = data.join("backups/.upload-JkL012");
+    std::fs::write(&upload, b"half an archive")?;
+
+    let s = TestServer::start_in(s.stop().await, |_| {}).await;
+    assert!(leftovers.iter().all(|d| !d.exists()) && !upload.exists(), "leftovers swept at startup");
+    let (_, list) = s.get("/api/backups", &admin).await;
+    let kept =
+        list.as_array().and_then(|l| l.iter().find(|b| b["id"] == backup["id"])).ok_or("backup kept")?;
+    let name = kept["backup_name"].as_str().ok_or("backup_name")?;
+    assert!(data.join("backups").join(name).is_file(), "{kept}");
+    let (status, vm) = s.get(&format!("/api/vms/{id}"), &admin).await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    assert!(data.join(format!("vms/{id}/disk0.qcow2")).is_file());
+    Ok(())
+}
