@@ -336,3 +336,58 @@ async fn volumes_validate_and_follow_their_owner() -> TestResult {
     assert_eq!(status, StatusCode::NOT_FOUND, "carl cannot attach a volume he cannot see");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volume_goes_to_one_vm_however_many_ask_at_once() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let mut vms = Vec::new();
+    for name in ["first", "second", "third", "fourth"] {
+        let (_, vm) =
+            s.post("/api/vms", &admin, json!({"name": name, "memory": 256, "cpus": 1, "disk_size": 1})).await;
+        vms.push(vm["vm"]["id"].as_str().ok_or("id")?.to_string());
+    }
+    for round in 0..5 {
+        let (_, vol) =
+            s.post("/api/volumes", &admin, json!({"name": format!("shared {round}"), "size_gb": 1})).await;
+        let vol_id = vol["volume"]["id"].as_str().ok_or("id")?.to_string();
+        // Every VM asks for it at once, and a delete races them.
+        let attaches = vms.iter().map(|vm| {
+            let path = format!("/api/vms/{vm}/volumes/{vol_id}");
+            let (s, admin) = (&s, &admin);
+            async move { (vm.clone(), s.call(Method::POST, &path, Some(admin), None).await) }
+        });
+        let delete_path = format!("/api/volumes/{vol_id}");
+        let (results, (deleted, _)) = tokio::join!(
+            futures::future::join_all(attaches),
+            s.call(Method::DELETE, &delete_path, Some(&admin), None)
+        );
+        let winners: Vec<&String> =
+            results.iter().filter(|(_, (status, _))| *status == StatusCode::OK).map(|(vm, _)| vm).collect();
+        for (_, (status, body)) in &results {
+            assert!(
+                [StatusCode::OK, StatusCode::CONFLICT, StatusCode::NOT_FOUND].contains(status),
+                "{status}: {body}"
+            );
+        }
+        let (status, now) = s.get(&format!("/api/volumes/{vol_id}"), &admin).await;
+        if deleted == StatusCode::OK {
+            assert!(winners.is_empty(), "attached to {winners:?} and deleted");
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        } else {
+            assert_eq!(deleted, StatusCode::CONFLICT);
+            assert_eq!(winners.len(), 1, "round {round}: attached to {winners:?}");
+            assert_eq!(now["attached_to"], winners[0].as_str(), "{now}");
+            let (status, _) = s
+                .call(
+                    Method::DELETE,
+                    &format!("/api/vms/{}/volumes/{vol_id}", winners[0]),
+                    Some(&admin),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    Ok(())
+}

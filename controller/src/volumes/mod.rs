@@ -25,6 +25,7 @@ use crate::http::Message;
 use crate::qmp;
 use crate::state::AppState;
 use crate::store::now_unix;
+use crate::vms::model::VmRecord;
 use store::Volume;
 
 /// How long a guest may take to let go of a hot-unplugged disk.
@@ -146,8 +147,11 @@ async fn delete_volume(
     if let Some(vm) = &volume.attached_to {
         return Err(ApiError::Conflict(format!("Volume is attached to VM {vm}: detach it first")));
     }
+    // Checked again as it is deleted: an attach may have claimed it since it was read.
     let i = vol_id.clone();
-    state.store.call(move |c| Ok(store::delete(c, &i)?)).await?;
+    if !state.store.call(move |c| Ok(store::delete_unattached(c, &i)?)).await? {
+        return Err(ApiError::Conflict("Volume was attached meanwhile: detach it first".into()));
+    }
     if let Err(e) = std::fs::remove_file(&volume.path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(volume = vol_id, error = %e, "could not remove the volume's file");
@@ -189,33 +193,23 @@ async fn attach_volume(
     let slot = (1..=ROOT_PORTS)
         .find(|s| !used.contains(s))
         .ok_or_else(|| ApiError::Conflict(format!("A VM takes at most {ROOT_PORTS} volumes")))?;
-    if state.vms.is_running(&vm).await? {
-        let disk = VolumeDisk {
-            id: volume.id.clone(),
-            path: volume.path.clone().into(),
-            format: volume.format,
-            slot,
-        };
-        let qmp_sock = state.vms.run_dirs.qmp(&vm_id);
-        qmp::command(&qmp_sock, "blockdev-add", Some(volume_blockdev(&disk)))
-            .await
-            .map_err(|e| ApiError::Operation(format!("hot-plugging the volume: {e:#}")))?;
-        if let Err(e) =
-            qmp::command(&qmp_sock, "device_add", Some(volume_device(is_q35(&vm.spec), &disk))).await
-        {
-            let (node, _) = volume_ids(&volume.id);
-            let _ =
-                qmp::command(&qmp_sock, "blockdev-del", Some(serde_json::json!({"node-name": node}))).await;
-            return Err(ApiError::Operation(format!("hot-plugging the volume: {e:#}")));
-        }
-    }
+    // Claimed before it is plugged in: another VM's attach (which holds a different VM lock) or a
+    // delete cannot slip in between, and a failed hot-plug hands the claim back.
     let (v, i) = (vol_id.clone(), vm_id.clone());
+    if !state.store.call(move |c| Ok(store::claim(c, &v, &i, slot)?)).await? {
+        return Err(ApiError::Conflict("Volume was attached elsewhere or deleted meanwhile".into()));
+    }
+    if let Err(e) = plug_if_running(&state, &vm, &volume, slot).await {
+        let v = vol_id.clone();
+        if let Err(undo) = state.store.call(move |c| Ok(store::set_attachment(c, &v, None, None)?)).await {
+            tracing::error!(volume = vol_id, error = %undo, "could not hand back a volume's claim");
+        }
+        return Err(e);
+    }
+    let v = vol_id.clone();
     let volume = state
         .store
-        .call(move |c| {
-            store::set_attachment(c, &v, Some(&i), Some(slot))?;
-            Ok(store::get(c, &v)?)
-        })
+        .call(move |c| Ok(store::get(c, &v)?))
         .await?
         .ok_or_else(|| ApiError::NotFound("Volume not found".into()))?;
     Ok(Json(VolumeResponse {
@@ -223,6 +217,26 @@ async fn attach_volume(
         message: format!("Volume {} attached to {}", volume.name, vm.spec.name),
         volume,
     }))
+}
+
+/// Hot-plugs the volume at `slot` when the VM runs (a stopped VM gets it at its next start).
+async fn plug_if_running(state: &AppState, vm: &VmRecord, volume: &Volume, slot: u32) -> ApiResult<()> {
+    if !state.vms.is_running(vm).await? {
+        return Ok(());
+    }
+    let disk =
+        VolumeDisk { id: volume.id.clone(), path: volume.path.clone().into(), format: volume.format, slot };
+    let qmp_sock = state.vms.run_dirs.qmp(&vm.id);
+    qmp::command(&qmp_sock, "blockdev-add", Some(volume_blockdev(&disk)))
+        .await
+        .map_err(|e| ApiError::Operation(format!("hot-plugging the volume: {e:#}")))?;
+    if let Err(e) = qmp::command(&qmp_sock, "device_add", Some(volume_device(is_q35(&vm.spec), &disk))).await
+    {
+        let (node, _) = volume_ids(&volume.id);
+        let _ = qmp::command(&qmp_sock, "blockdev-del", Some(serde_json::json!({"node-name": node}))).await;
+        return Err(ApiError::Operation(format!("hot-plugging the volume: {e:#}")));
+    }
+    Ok(())
 }
 
 /// Detach a volume: at once from a stopped VM; from a running one once the guest lets go of the disk.

@@ -96,7 +96,17 @@ pub fn set_attachment(
     Ok(())
 }
 
-pub fn delete(conn: &Connection, id: &str) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM volumes WHERE id = ?1", [id])?;
-    Ok(())
+/// Attaches the volume to `vm_id` at `slot` only if it is attached nowhere: false when another
+/// request got there first (or it is gone). Two attaches can then never both succeed.
+pub fn claim(conn: &Connection, id: &str, vm_id: &str, slot: u32) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "UPDATE volumes SET attached_to = ?2, slot = ?3 WHERE id = ?1 AND attached_to IS NULL",
+        params![id, vm_id, slot],
+    )?;
+    Ok(n == 1)
+}
+
+/// Deletes the volume's row only if it is attached nowhere: false otherwise (or when it is gone).
+pub fn delete_unattached(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    Ok(conn.execute("DELETE FROM volumes WHERE id = ?1 AND attached_to IS NULL", [id])? == 1)
 }
