@@ -100,22 +100,48 @@ pub async fn grow_image(qemu_img: &Path, image: &Path, size_gb: u64) -> ApiResul
     run(cmd, "resizing the disk").await
 }
 
-/// The image `image` is stacked on, if any (`-U`: readable while a VM uses it).
-pub async fn backing_file(qemu_img: &Path, image: &Path) -> Option<PathBuf> {
-    let out = Command::new(qemu_img).args(["info", "-U", "--output=json"]).arg(image).output().await.ok()?;
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let backing = info["full-backing-filename"].as_str().or(info["backing-filename"].as_str())?;
-    let path = PathBuf::from(backing);
-    Some(if path.is_absolute() { path } else { image.parent().unwrap_or(Path::new("/")).join(path) })
+/// `qemu-img info` of one image (`-U`: readable while a VM uses it).
+async fn image_info(qemu_img: &Path, image: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(qemu_img)
+        .args(["info", "-U", "--output=json"])
+        .arg(image)
+        .output()
+        .await
+        .with_context(|| format!("running {}", qemu_img.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("qemu-img info {}: {}", image.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("qemu-img info output")
 }
 
-/// Every image under `image`, nearest first (empty for a standalone image or a missing one).
-pub async fn backing_chain(qemu_img: &Path, image: &Path) -> Vec<PathBuf> {
+/// The image `image` is stacked on, if any (`-U`: readable while a VM uses it). An error when it
+/// cannot be told: "no backing file" is only said when qemu-img says so.
+pub async fn backing_file(qemu_img: &Path, image: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let info = image_info(qemu_img, image).await?;
+    let Some(backing) = info["full-backing-filename"].as_str().or(info["backing-filename"].as_str()) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(backing);
+    Ok(Some(if path.is_absolute() { path } else { image.parent().unwrap_or(Path::new("/")).join(path) }))
+}
+
+/// The names (tags) of the internal snapshots in a qcow2 image (`-U`: readable while a VM uses it).
+pub async fn snapshot_names(qemu_img: &Path, image: &Path) -> anyhow::Result<Vec<String>> {
+    let info = image_info(qemu_img, image).await?;
+    Ok(info["snapshots"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|s| s["name"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default())
+}
+
+/// Every image under `image`, nearest first (empty for a standalone image or a missing one; a
+/// missing base ends the chain).
+pub async fn backing_chain(qemu_img: &Path, image: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut chain = Vec::new();
     let mut current = image.to_path_buf();
     // Bounded in case of a cycle.
-    while chain.len() < 64 {
-        match backing_file(qemu_img, &current).await {
+    while chain.len() < 64 && current.exists() {
+        match backing_file(qemu_img, &current).await? {
             Some(b) if !chain.contains(&b) => {
                 chain.push(b.clone());
                 current = b;
@@ -123,7 +149,7 @@ pub async fn backing_chain(qemu_img: &Path, image: &Path) -> Vec<PathBuf> {
             _ => break,
         }
     }
-    chain
+    Ok(chain)
 }
 
 /// An overlay on `base` at `target`: it starts out reading everything from the base and writes only
@@ -144,8 +170,15 @@ pub async fn collect_unused_bases(qemu_img: &Path, base_dir: &Path, disks: &[Pat
     let bases: Vec<PathBuf> =
         entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
     let mut needed = std::collections::HashSet::new();
-    for disk in disks.iter().filter(|d| d.exists()) {
-        needed.extend(backing_chain(qemu_img, disk).await);
+    for disk in disks {
+        match backing_chain(qemu_img, disk).await {
+            Ok(chain) => needed.extend(chain),
+            Err(e) => {
+                // Not knowing what a disk needs must never read as "it needs nothing".
+                tracing::warn!(disk = %disk.display(), error = %format!("{e:#}"), "base clean-up skipped");
+                return Vec::new();
+            }
+        }
     }
     let mut removed = Vec::new();
     for base in bases {
@@ -197,6 +230,24 @@ mod tests {
         assert!(stale.iter().chain(&stale_files).all(|p| !p.exists()));
         assert!(kept.iter().all(|p| p.exists()));
         assert!(vm.is_dir());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bases_are_kept_when_what_a_disk_needs_cannot_be_told() -> anyhow::Result<()> {
+        let data = tempfile::tempdir()?;
+        let (base_dir, disk) = (data.path().join("base"), data.path().join("disk0.qcow2"));
+        std::fs::create_dir_all(&base_dir)?;
+        let base = base_dir.join("b.qcow2");
+        std::fs::write(&base, b"base")?;
+        std::fs::write(&disk, b"overlay")?;
+        let broken_tool = data.path().join("no-such-qemu-img");
+        let removed = collect_unused_bases(&broken_tool, &base_dir, std::slice::from_ref(&disk)).await;
+        assert!(removed.is_empty() && base.exists(), "{removed:?}");
+        // A disk that is gone needs nothing: with no disk left, the base goes.
+        std::fs::remove_file(&disk)?;
+        let removed = collect_unused_bases(&broken_tool, &base_dir, &[disk]).await;
+        assert_eq!(removed, [base]);
         Ok(())
     }
 }

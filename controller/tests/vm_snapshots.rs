@@ -68,6 +68,34 @@ async fn offline_snapshot_restore_reverts_the_data() -> TestResult {
     let (status, body) = s.post(&base, &admin, json!({"name": "s2"})).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(body["detail"].as_str().is_some_and(|d| d.contains("qcow2")), "{body}");
+
+    // Volumes attached after a snapshot never had it: a restore leaves their data alone, a delete
+    // does not stumble on them.
+    let (_, vol) = s.post("/api/volumes", &admin, json!({"name": "later", "size_gb": 1})).await;
+    let later = vol["volume"]["id"].as_str().ok_or("id")?.to_string();
+    let (status, _) =
+        s.call(Method::POST, &format!("/api/vms/{id}/volumes/{later}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, vol) = s.get(&format!("/api/volumes/{later}"), &admin).await;
+    let later_path = std::path::PathBuf::from(vol["path"].as_str().ok_or("path")?);
+    qemu_io(&later_path, "write -P 0x33 0 64k")?;
+    let empty = list[0]["id"].as_str().ok_or("id")?.to_string();
+    let (status, body) = s.call(Method::POST, &format!("{base}/{empty}/restore"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(qemu_io(&disk, "read -P 0x11 0 64k").is_err(), "disk0 went back to empty");
+    qemu_io(&later_path, "read -P 0x33 0 64k")?;
+
+    // A disk replaced since (as a backup restore does) no longer holds it: restoring says so, and
+    // deleting removes the record.
+    let out = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("1G").output()?;
+    assert!(out.status.success());
+    let (status, body) = s.call(Method::POST, &format!("{base}/{empty}/restore"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("no longer")), "{body}");
+    let (status, body) = s.call(Method::DELETE, &format!("{base}/{empty}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, list) = s.get(&base, &admin).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
     Ok(())
 }
 
@@ -117,6 +145,20 @@ async fn live_snapshot_restores_a_running_guest_where_it_was() -> TestResult {
         assert!(Instant::now() < deadline, "the restored guest did not show the marker:\n{new}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+
+    // A volume attached since cannot be resumed with: restoring says which one to detach.
+    let (status, _) =
+        s.call(Method::POST, &format!("/api/vms/{id}/stop?force=true"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, vol) = s.post("/api/volumes", &admin, json!({"name": "attached-later", "size_gb": 1})).await;
+    let vol_id = vol["volume"]["id"].as_str().ok_or("id")?.to_string();
+    let (status, _) =
+        s.call(Method::POST, &format!("/api/vms/{id}/volumes/{vol_id}"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) =
+        s.call(Method::POST, &format!("/api/vms/{id}/snapshots/{snap}/restore"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("attached-later")), "{body}");
     let (status, _) = s.call(Method::DELETE, &format!("/api/vms/{id}?force=true"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK);
     Ok(())

@@ -267,7 +267,7 @@ async fn take_backup(
         }
     } else {
         if disk.exists() {
-            if storage::backing_file(&state.vms.qemu_img, &disk).await.is_some() {
+            if storage::backing_file(&state.vms.qemu_img, &disk).await?.is_some() {
                 // A clone's overlay needs its base: archive one self-contained image instead.
                 progress.phase("flattening disk0.qcow2");
                 let copy = work.path().join("disk0.qcow2");

@@ -258,8 +258,9 @@ impl Runtime for DockerRuntime {
             None => {}
         }
         let mut inner = container_run_config(config);
-        inner.launch.backing_files =
-            storage::backing_chain(&config.qemu_img, &config.launch.disk_path()).await;
+        inner.launch.backing_files = storage::backing_chain(&config.qemu_img, &config.launch.disk_path())
+            .await
+            .context("finding the images the disk is stacked on")?;
         let config_path = write_run_config(&inner)?;
         let body = container_body(&inner, &self.image, &self.port_forward_bind, &config_path);
         self.docker

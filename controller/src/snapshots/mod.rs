@@ -73,18 +73,42 @@ struct Disk {
     node: String,
 }
 
-async fn disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<Disk>> {
-    let mut list =
-        vec![Disk { path: state.vms.vms_dir.join(&vm.id).join("disk0.qcow2"), node: "disk0".into() }];
+/// Every disk of the VM with its format: disk0, then the attached volumes.
+async fn all_disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<(Disk, DiskFormat, String)>> {
+    let disk0 = Disk { path: state.vms.vms_dir.join(&vm.id).join("disk0.qcow2"), node: "disk0".into() };
+    let mut list = vec![(disk0, DiskFormat::Qcow2, "disk0".to_string())];
     let id = vm.id.clone();
     for v in state.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &id)?)).await? {
-        if v.format == DiskFormat::Raw {
+        list.push((Disk { path: v.path.into(), node: volume_ids(&v.id).0 }, v.format, v.name));
+    }
+    Ok(list)
+}
+
+/// The disks a new snapshot goes into: all of them, which must all be able to hold one.
+async fn disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<Disk>> {
+    let mut list = Vec::new();
+    for (disk, format, name) in all_disks(state, vm).await? {
+        if format == DiskFormat::Raw {
             return Err(ApiError::Conflict(format!(
-                "Volume {} is raw: snapshots need qcow2 disks (detach it, or use a qcow2 volume)",
-                v.name
+                "Volume {name} is raw: snapshots need qcow2 disks (detach it, or use a qcow2 volume)"
             )));
         }
-        list.push(Disk { path: v.path.into(), node: volume_ids(&v.id).0 });
+        list.push(disk);
+    }
+    Ok(list)
+}
+
+/// The disks that hold snapshot `tag`, disk0 first. A volume attached after the snapshot was taken
+/// does not, and a disk replaced since (by a backup restore) no longer does.
+async fn holding(state: &AppState, vm: &VmRecord, tag: &str) -> ApiResult<Vec<Disk>> {
+    let mut list = Vec::new();
+    for (disk, format, _) in all_disks(state, vm).await? {
+        if format == DiskFormat::Raw || !disk.path.exists() {
+            continue;
+        }
+        if storage::snapshot_names(&state.vms.qemu_img, &disk.path).await?.iter().any(|n| n == tag) {
+            list.push(disk);
+        }
     }
     Ok(list)
 }
@@ -275,8 +299,31 @@ async fn restore_snapshot(
     if state.vms.is_running(&vm).await? {
         return Err(ApiError::Conflict("Stop the VM before restoring a snapshot".into()));
     }
-    let disks = disks(&state, &vm).await?;
-    // Reverting the disks first makes both kinds of restore leave the same disks behind.
+    let disks = holding(&state, &vm, &snap.tag).await?;
+    if disks.first().is_none_or(|d| d.node != "disk0") {
+        return Err(ApiError::Conflict(format!(
+            "Snapshot {} is no longer in the VM's disk (was the disk restored from a backup?): delete it",
+            snap.name
+        )));
+    }
+    if snap.vm_state {
+        // QEMU resumes a saved guest only with every disk it has holding the snapshot.
+        let missing: Vec<String> = all_disks(&state, &vm)
+            .await?
+            .into_iter()
+            .filter(|(d, ..)| !disks.iter().any(|h| h.node == d.node))
+            .map(|(.., name)| name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "Snapshot {} saved the running guest before these volumes were attached: detach {} to restore it",
+                snap.name,
+                missing.join(", ")
+            )));
+        }
+    }
+    // Reverting the disks first makes both kinds of restore leave the same disks behind. Volumes
+    // attached since the snapshot keep their data.
     offline(&state, &disks, "-a", &snap.tag, None).await?;
     if snap.vm_state {
         state.vms.start_from_snapshot(&vm, &snap.tag).await?;
@@ -300,8 +347,11 @@ async fn delete_snapshot(
     let _guard = state.vms.lock(&vm_id).await;
     let vm = state.vms.get(&vm_id).await?;
     let snap = load(&state, &vm_id, &snap_id).await?;
-    let disks = disks(&state, &vm).await?;
-    if state.vms.is_running(&vm).await? {
+    // Only where it is: a disk attached or replaced since never had it.
+    let disks = holding(&state, &vm, &snap.tag).await?;
+    if disks.is_empty() {
+        // Nothing holds it any more: only the record is left to remove.
+    } else if state.vms.is_running(&vm).await? {
         let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
         job(&state, &vm_id, "snapshot-delete", json!({"tag": snap.tag, "devices": devices})).await?;
     } else {

@@ -92,6 +92,7 @@ impl VmManager {
         if !source_disk.exists() {
             return Ok(()); // never started: the clone gets its own empty disk at first start
         }
+        let _bases = self.bases.lock().await;
         std::fs::create_dir_all(self.base_dir()).map_err(anyhow::Error::from)?;
         let base = self.base_dir().join(format!("{}.qcow2", uuid::Uuid::new_v4().simple()));
         std::fs::rename(&source_disk, &base).map_err(anyhow::Error::from)?;
@@ -109,6 +110,7 @@ impl VmManager {
 
     /// Deletes base images nothing stacks on any more (after a VM's disk went away).
     pub async fn collect_bases(&self) {
+        let _bases = self.bases.lock().await;
         let vms = match self.store.call(|c| Ok(store::list(c)?)).await {
             Ok(v) => v,
             Err(e) => {

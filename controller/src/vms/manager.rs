@@ -35,6 +35,9 @@ pub struct VmManager {
     pub qemu_img: PathBuf,
     pub swtpm: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while a clone turns a disk into a shared base and while unused bases are collected: a
+    /// base exists a moment before the overlays that need it, and must not be collected then.
+    pub(super) bases: tokio::sync::Mutex<()>,
     /// Woken by runtime events so that reconciliation happens at once.
     pub wake: Arc<tokio::sync::Notify>,
     /// Every change of a VM's state, as it happens (pushed to browsers over /ws/metrics).
@@ -105,6 +108,7 @@ impl VmManager {
             qemu_img,
             swtpm,
             locks: Mutex::new(HashMap::new()),
+            bases: tokio::sync::Mutex::new(()),
             wake: Arc::new(tokio::sync::Notify::new()),
             events: tokio::sync::broadcast::channel(256).0,
         }
