@@ -389,5 +389,15 @@ async fn a_volume_goes_to_one_vm_however_many_ask_at_once() -> TestResult {
             assert_eq!(status, StatusCode::OK);
         }
     }
+    // Two deletes at once: one deletes, the other finds nothing.
+    let (_, vol) = s.post("/api/volumes", &admin, json!({"name": "twice", "size_gb": 1})).await;
+    let path = format!("/api/volumes/{}", vol["volume"]["id"].as_str().ok_or("id")?);
+    let (a, b) = tokio::join!(
+        s.call(Method::DELETE, &path, Some(&admin), None),
+        s.call(Method::DELETE, &path, Some(&admin), None)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::NOT_FOUND], "{a:?} {b:?}");
     Ok(())
 }

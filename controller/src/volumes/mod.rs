@@ -150,6 +150,8 @@ async fn delete_volume(
     // Checked again as it is deleted: an attach may have claimed it since it was read.
     let i = vol_id.clone();
     if !state.store.call(move |c| Ok(store::delete_unattached(c, &i)?)).await? {
+        // Attached since, or deleted by another request.
+        owned(&state, &user, &vol_id).await?;
         return Err(ApiError::Conflict("Volume was attached meanwhile: detach it first".into()));
     }
     if let Err(e) = std::fs::remove_file(&volume.path) {
