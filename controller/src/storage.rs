@@ -1,6 +1,7 @@
 //! Running the storage tools (qemu-img, xorriso) with errors an operator can act on, and placing
 //! what they produce atomically: written under a temporary name, renamed into place when complete.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -134,22 +135,21 @@ pub async fn snapshot_names(qemu_img: &Path, image: &Path) -> anyhow::Result<Vec
         .unwrap_or_default())
 }
 
-/// Every image under `image`, nearest first (empty for a standalone image or a missing one; a
-/// missing base ends the chain).
-pub async fn backing_chain(qemu_img: &Path, image: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut chain = Vec::new();
+/// Adds every image under `image` to `found`, stopping at one already there (so shared bases are
+/// read once, and a cycle ends). A missing image ends the chain.
+pub async fn add_backing_chain(
+    qemu_img: &Path,
+    image: &Path,
+    found: &mut HashSet<PathBuf>,
+) -> anyhow::Result<()> {
     let mut current = image.to_path_buf();
-    // Bounded in case of a cycle.
-    while chain.len() < 64 && current.exists() {
+    while current.exists() {
         match backing_file(qemu_img, &current).await? {
-            Some(b) if !chain.contains(&b) => {
-                chain.push(b.clone());
-                current = b;
-            }
+            Some(b) if found.insert(b.clone()) => current = b,
             _ => break,
         }
     }
-    Ok(chain)
+    Ok(())
 }
 
 /// An overlay on `base` at `target`: it starts out reading everything from the base and writes only
@@ -169,15 +169,12 @@ pub async fn collect_unused_bases(qemu_img: &Path, base_dir: &Path, disks: &[Pat
     let Ok(entries) = std::fs::read_dir(base_dir) else { return Vec::new() };
     let bases: Vec<PathBuf> =
         entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
-    let mut needed = std::collections::HashSet::new();
+    let mut needed = HashSet::new();
     for disk in disks {
-        match backing_chain(qemu_img, disk).await {
-            Ok(chain) => needed.extend(chain),
-            Err(e) => {
-                // Not knowing what a disk needs must never read as "it needs nothing".
-                tracing::warn!(disk = %disk.display(), error = %format!("{e:#}"), "base clean-up skipped");
-                return Vec::new();
-            }
+        if let Err(e) = add_backing_chain(qemu_img, disk, &mut needed).await {
+            // Not knowing what a disk needs must never read as "it needs nothing".
+            tracing::warn!(disk = %disk.display(), error = %format!("{e:#}"), "base clean-up skipped");
+            return Vec::new();
         }
     }
     let mut removed = Vec::new();

@@ -258,9 +258,11 @@ impl Runtime for DockerRuntime {
             None => {}
         }
         let mut inner = container_run_config(config);
-        inner.launch.backing_files = storage::backing_chain(&config.qemu_img, &config.launch.disk_path())
+        let mut bases = std::collections::HashSet::new();
+        storage::add_backing_chain(&config.qemu_img, &config.launch.disk_path(), &mut bases)
             .await
             .context("finding the images the disk is stacked on")?;
+        inner.launch.backing_files = bases.into_iter().collect();
         let config_path = write_run_config(&inner)?;
         let body = container_body(&inner, &self.image, &self.port_forward_bind, &config_path);
         self.docker

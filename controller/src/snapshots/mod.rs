@@ -98,19 +98,22 @@ async fn disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<Disk>> {
     Ok(list)
 }
 
-/// The disks that hold snapshot `tag`, disk0 first. A volume attached after the snapshot was taken
-/// does not, and a disk replaced since (by a backup restore) no longer does.
-async fn holding(state: &AppState, vm: &VmRecord, tag: &str) -> ApiResult<Vec<Disk>> {
-    let mut list = Vec::new();
-    for (disk, format, _) in all_disks(state, vm).await? {
-        if format == DiskFormat::Raw || !disk.path.exists() {
-            continue;
-        }
-        if storage::snapshot_names(&state.vms.qemu_img, &disk.path).await?.iter().any(|n| n == tag) {
-            list.push(disk);
+/// The disks that hold snapshot `tag` (disk0 first), and the names of those that do not. A volume
+/// attached after the snapshot was taken does not, and a disk replaced since (by a backup restore)
+/// no longer does.
+async fn holding(state: &AppState, vm: &VmRecord, tag: &str) -> ApiResult<(Vec<Disk>, Vec<String>)> {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for (disk, format, name) in all_disks(state, vm).await? {
+        let holds = format != DiskFormat::Raw
+            && disk.path.exists()
+            && storage::snapshot_names(&state.vms.qemu_img, &disk.path).await?.iter().any(|n| n == tag);
+        if holds {
+            with.push(disk);
+        } else {
+            without.push(name);
         }
     }
-    Ok(list)
+    Ok((with, without))
 }
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
@@ -299,28 +302,20 @@ async fn restore_snapshot(
     if state.vms.is_running(&vm).await? {
         return Err(ApiError::Conflict("Stop the VM before restoring a snapshot".into()));
     }
-    let disks = holding(&state, &vm, &snap.tag).await?;
+    let (disks, missing) = holding(&state, &vm, &snap.tag).await?;
     if disks.first().is_none_or(|d| d.node != "disk0") {
         return Err(ApiError::Conflict(format!(
             "Snapshot {} is no longer in the VM's disk (was the disk restored from a backup?): delete it",
             snap.name
         )));
     }
-    if snap.vm_state {
-        // QEMU resumes a saved guest only with every disk it has holding the snapshot.
-        let missing: Vec<String> = all_disks(&state, &vm)
-            .await?
-            .into_iter()
-            .filter(|(d, ..)| !disks.iter().any(|h| h.node == d.node))
-            .map(|(.., name)| name)
-            .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::Conflict(format!(
-                "Snapshot {} saved the running guest before these volumes were attached: detach {} to restore it",
-                snap.name,
-                missing.join(", ")
-            )));
-        }
+    // QEMU resumes a saved guest only with every disk it has holding the snapshot.
+    if snap.vm_state && !missing.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "Snapshot {} saved the running guest before these volumes were attached: detach {} to restore it",
+            snap.name,
+            missing.join(", ")
+        )));
     }
     // Reverting the disks first makes both kinds of restore leave the same disks behind. Volumes
     // attached since the snapshot keep their data.
@@ -348,7 +343,7 @@ async fn delete_snapshot(
     let vm = state.vms.get(&vm_id).await?;
     let snap = load(&state, &vm_id, &snap_id).await?;
     // Only where it is: a disk attached or replaced since never had it.
-    let disks = holding(&state, &vm, &snap.tag).await?;
+    let (disks, _) = holding(&state, &vm, &snap.tag).await?;
     if disks.is_empty() {
         // Nothing holds it any more: only the record is left to remove.
     } else if state.vms.is_running(&vm).await? {
