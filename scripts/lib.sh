@@ -31,6 +31,25 @@ ensure_packages() {
 # What running VMs needs on the host (the process runtime).
 VM_PACKAGES=(qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools xorriso)
 
+# Installs VM_PACKAGES and checks that every tool they bring is really there afterwards: installing
+# one package can remove another (qemu-system-x86 7.2 removes a backported qemu-utils 10.x), so the
+# set is installed again until nothing is missing, and a tool still absent then stops the set-up.
+ensure_vm_tools() {
+  ensure_packages "${VM_PACKAGES[@]}"
+  ensure_packages "${VM_PACKAGES[@]}"
+  local missing=()
+  for tool in qemu-system-x86_64 qemu-img qemu-io swtpm swtpm_setup xorriso; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  for file in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd; do
+    [ -f "$file" ] || missing+=("$file")
+  done
+  if [ ${#missing[@]} -ne 0 ]; then
+    log "still missing after installing ${VM_PACKAGES[*]}: ${missing[*]}"
+    return 1
+  fi
+}
+
 ensure_rust() {
   command -v cargo >/dev/null 2>&1 && return 0
   log "cargo not found: install Rust (https://rustup.rs) and run this again"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ensure_packages "${VM_PACKAGES[@]}"
+ensure_vm_tools
 ensure_rust
 log "building (release)"
 cargo build --release --quiet --bin fastvm --bin vmrunner

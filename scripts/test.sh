@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ensure_packages "${VM_PACKAGES[@]}"
+ensure_vm_tools
 ensure_dockerd
 ensure_rust
 # The tiny guest every end-to-end test boots; rebuilt only when its inputs change.

@@ -212,6 +212,7 @@ async fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManag
         accel,
         settings.iso_roots(),
         settings.port_forward_bind.clone(),
+        settings.port_forward_range.clone(),
         program(system::QEMU_BINARY),
         program("qemu-img"),
         program("swtpm"),

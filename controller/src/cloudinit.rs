@@ -173,13 +173,14 @@ pub fn seed_files(req: CloudInitRequest, instance_id: &str) -> ApiResult<(String
 }
 
 /// Create a cloud-init (NoCloud) seed ISO in the data dir's `cloudinit/`; use it as a secondary ISO.
+/// The seed is yours: other regular users neither see it in `/api/isos` nor can attach it.
 #[utoipa::path(post, path = "/api/cloudinit", tag = "cloudinit", security(("bearer" = [])),
     request_body = CloudInitRequest,
     responses((status = 200, body = CloudInitResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_seed(
     State(state): State<AppState>,
     audit: Audit,
-    AuthUser(_user): AuthUser,
+    AuthUser(user): AuthUser,
     ApiJson(req): ApiJson<CloudInitRequest>,
 ) -> ApiResult<Json<CloudInitResponse>> {
     audit.action("cloudinit.create").target(&req.hostname);
@@ -204,6 +205,16 @@ async fn create_seed(
         cmd
     })
     .await?;
+    let (name, owner) =
+        (iso.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), user.username);
+    if let Err(e) = state
+        .store
+        .call(move |c| Ok(crate::store::seeds::insert(c, &name, &owner, crate::store::now_unix())?))
+        .await
+    {
+        let _ = std::fs::remove_file(&iso);
+        return Err(e.into());
+    }
     audit.details(&iso.display().to_string());
     Ok(Json(CloudInitResponse {
         success: true,

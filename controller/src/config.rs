@@ -60,6 +60,9 @@ pub struct Settings {
     /// Host address that NAT port forwards listen on.
     #[arg(long, env = "FASTVM_PORT_FORWARD_BIND", default_value = "0.0.0.0")]
     pub port_forward_bind: String,
+    /// Host ports regular users may forward to their VMs, `FIRST-LAST` (admins may use any).
+    #[arg(long, env = "FASTVM_PORT_FORWARD_RANGE", default_value = "1024-65535", value_parser = parse_port_range)]
+    pub port_forward_range: std::ops::RangeInclusive<u16>,
     /// Host address the per-VM SPICE ports for remote-viewer listen on.
     #[arg(long, env = "FASTVM_SPICE_BIND", default_value = "127.0.0.1")]
     pub spice_bind: String,
@@ -72,6 +75,12 @@ pub struct Settings {
     /// Seconds between two metric collections.
     #[arg(long, env = "FASTVM_METRICS_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub metrics_interval: u64,
+    /// Shortest time between two scheduled backups of a VM, in seconds.
+    #[arg(long, env = "FASTVM_BACKUP_MIN_INTERVAL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub backup_min_interval: u64,
+    /// Largest ISO image an upload may bring, in GB.
+    #[arg(long, env = "FASTVM_MAX_ISO_GB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_iso_gb: u64,
     /// Addresses (comma-separated IPs or CIDRs) that may read `/metrics` without a token.
     #[arg(long, env = "FASTVM_METRICS_ALLOW", default_value = "127.0.0.1/8,::1")]
     pub metrics_allow: String,
@@ -100,6 +109,16 @@ pub fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
     Ok(RateLimit::Failures { max, window: Duration::from_secs(secs) })
 }
 
+pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = s.trim().split_once('-').ok_or_else(|| format!("expected FIRST-LAST, got {s:?}"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("bad port {p:?} in {s:?}"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || first > last {
+        return Err(format!("{s:?}: ports must be 1-65535, first not above last"));
+    }
+    Ok(first..=last)
+}
+
 fn parse_flag(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "" | "0" | "false" | "no" | "off" => Ok(false),
@@ -123,12 +142,15 @@ impl Settings {
             iso_dirs: None,
             vmrunner: None,
             port_forward_bind: "0.0.0.0".into(),
+            port_forward_range: 1024..=65535,
             runtime: "process".into(),
             vmrunner_image: "fastvm/vmrunner:latest".into(),
             spice_bind: "127.0.0.1".into(),
             spice_port_base: 5800,
             console_ticket_ttl: 60,
             metrics_interval: 10,
+            max_iso_gb: 64,
+            backup_min_interval: 300,
             metrics_allow: "127.0.0.1/8,::1".into(),
         }
     }
@@ -178,5 +200,14 @@ mod tests {
         );
         assert!(parse_rate_limit("0/10").is_err());
         assert!(parse_rate_limit("x").is_err());
+    }
+
+    #[test]
+    fn port_range_forms() {
+        assert_eq!(parse_port_range("1024-65535"), Ok(1024..=65535));
+        assert_eq!(parse_port_range(" 80 - 80 "), Ok(80..=80));
+        for bad in ["", "80", "0-10", "10-9", "1-70000", "a-b"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
     }
 }

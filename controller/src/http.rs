@@ -27,6 +27,24 @@ impl Message {
     }
 }
 
+/// The largest value of a multipart form's text field (a name, an option): file fields stream to
+/// disk, and nothing else is ever held in memory beyond this.
+pub const MAX_FORM_FIELD: usize = 1024;
+
+/// Reads a multipart text field of at most `MAX_FORM_FIELD` bytes, stopping at the first byte over.
+pub async fn small_field(mut field: axum::extract::multipart::Field<'_>) -> crate::error::ApiResult<String> {
+    let name = field.name().unwrap_or("field").to_string();
+    let bad = |msg: String| crate::error::ApiError::BadRequest(format!("{name}: {msg}"));
+    let mut value = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| bad(e.to_string()))? {
+        if value.len() + chunk.len() > MAX_FORM_FIELD {
+            return Err(bad(format!("longer than {MAX_FORM_FIELD} bytes")));
+        }
+        value.extend_from_slice(&chunk);
+    }
+    String::from_utf8(value).map_err(|_| bad("not UTF-8 text".into()))
+}
+
 /// The peer address of the connection (a reverse proxy's address when there is one).
 pub struct ClientIp(pub Option<IpAddr>);
 

@@ -51,8 +51,26 @@ pub struct IsoUploaded {
 /// ISO images in the allowed directories (the data dir's `images/` and `cloudinit/`, and `FASTVM_ISO_DIRS`).
 #[utoipa::path(get, path = "/api/isos", tag = "isos", security(("bearer" = [])),
     responses((status = 200, body = Vec<IsoInfo>), (status = 401, body = ErrorBody)))]
-async fn list_isos(State(state): State<AppState>, _user: AuthUser) -> Json<Vec<IsoInfo>> {
-    Json(library(&state.settings))
+async fn list_isos(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<Vec<IsoInfo>>> {
+    let mut isos = library(&state.settings);
+    if !user.is_admin {
+        // Seeds hold password hashes and keys: a regular user sees only their own.
+        let name = user.username.clone();
+        let mine = state.store.call(move |c| Ok(crate::store::seeds::owned_by(c, &name)?)).await?;
+        let seeds = seeds_dir(&state.settings);
+        isos.retain(|iso| !in_dir(&iso.path, &seeds) || mine.contains(&iso.name));
+    }
+    Ok(Json(isos))
+}
+
+/// Where cloud-init seeds are made.
+pub fn seeds_dir(settings: &crate::config::Settings) -> PathBuf {
+    settings.data_dir.join("cloudinit")
+}
+
+/// Whether `path` is a file directly in `dir`.
+pub fn in_dir(path: &str, dir: &Path) -> bool {
+    Path::new(path).parent() == Some(dir)
 }
 
 /// Every ISO image in the allowed directories, sorted by name.
@@ -87,18 +105,25 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Upload an ISO into the library (multipart field `file`; its file name is kept).
+/// Kept free on the library's filesystem whatever an upload brings.
+const FREE_SPACE_RESERVE: u64 = 256 << 20;
+
+/// Upload an ISO into the shared library (admin only; multipart field `file`, whose file name is
+/// kept). At most `FASTVM_MAX_ISO_GB`, and only what fits on the disk; an image that is really of
+/// another format (a qcow2 naming a backing file, say) is refused.
 #[utoipa::path(post, path = "/api/isos", tag = "isos", security(("bearer" = [])),
     request_body(content_type = "multipart/form-data", description = "field `file`: the ISO image"),
     responses(
         (status = 201, body = IsoUploaded),
-        (status = 400, description = "Bad name or no file", body = ErrorBody),
+        (status = 400, description = "Bad name, no file, or not an ISO image", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 409, description = "An ISO of that name exists", body = ErrorBody),
+        (status = 413, description = "Larger than the limit or the free space", body = ErrorBody),
     ))]
 async fn upload_iso(
     State(state): State<AppState>,
     audit: Audit,
-    AuthUser(user): AuthUser,
+    AdminUser(user): AdminUser,
     headers: axum::http::HeaderMap,
     mut multipart: Multipart,
 ) -> ApiResult<(StatusCode, Json<IsoUploaded>)> {
@@ -111,6 +136,11 @@ async fn upload_iso(
         .unwrap_or(0);
 
     let images = state.settings.data_dir.join("images");
+    let room = crate::storage::free_bytes(&images)?.saturating_sub(FREE_SPACE_RESERVE);
+    let limit = room.min(state.settings.max_iso_gb.saturating_mul(1 << 30));
+    if total > limit {
+        return Err(too_large(limit));
+    }
     while let Some(mut field) =
         multipart.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))?
     {
@@ -135,11 +165,22 @@ async fn upload_iso(
                 field.chunk().await.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?
             {
                 size += chunk.len() as u64;
+                if size > limit {
+                    return Err(too_large(limit));
+                }
                 file.write_all(&chunk).await.context("writing the upload")?;
                 progress.bytes(size, total.max(size), 0.0, 1.0);
             }
             file.sync_all().await.context("syncing the upload")?;
             progress.bytes_now(size, size, 0.0, 1.0);
+            crate::storage::untrusted::check(
+                &state.vms.qemu_img,
+                &name,
+                &tmp,
+                vmrunner::argv::DiskFormat::Raw,
+                None,
+            )
+            .await?;
             // A hard link never replaces an existing file, unlike rename: a racing upload of the same
             // name loses with a 409 instead of overwriting.
             match std::fs::hard_link(&tmp, &target) {
@@ -170,6 +211,12 @@ async fn upload_iso(
         ));
     }
     Err(ApiError::BadRequest("file: no file in the upload (multipart field `file`)".into()))
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "file: larger than the {limit} bytes allowed (FASTVM_MAX_ISO_GB, and the free space)"
+    ))
 }
 
 fn resolves_to(iso: Option<&str>, target: &Path) -> bool {

@@ -97,11 +97,16 @@ pub fn volume_device(q35: bool, volume: &VolumeDisk) -> Value {
     d
 }
 
-/// The block node of a volume, for `-blockdev` or QMP `blockdev-add`.
+/// The block node of a volume, for `-blockdev` or QMP `blockdev-add`. A volume never stacks on
+/// another image: whatever backing file a qcow2 header may name is not opened.
 pub fn volume_blockdev(volume: &VolumeDisk) -> Value {
     let (node, _) = volume_ids(&volume.id);
-    json!({"driver": volume.format.as_str(), "node-name": node,
-           "file": {"driver": "file", "filename": volume.path}})
+    let mut node = json!({"driver": volume.format.as_str(), "node-name": node,
+           "file": {"driver": "file", "filename": volume.path}});
+    if volume.format == DiskFormat::Qcow2 {
+        node["backing"] = Value::Null;
+    }
+    node
 }
 
 /// Everything about where and how a VM runs on this host, besides the spec itself.
@@ -131,8 +136,9 @@ pub struct Launch {
     /// Start from this internal snapshot's saved RAM state (restoring a live snapshot).
     #[serde(default)]
     pub loadvm: Option<String>,
-    /// The read-only images the disk is stacked on (a clone's shared bases, outside `vm_dir`),
-    /// which a container must see to open the disk.
+    /// The read-only images the disk is stacked on (a clone's shared bases, outside `vm_dir`, checked
+    /// by the controller to be its own), which a container must see to open the disk. Empty: the disk
+    /// opens no backing file at all.
     #[serde(default)]
     pub backing_files: Vec<PathBuf>,
 }
@@ -250,7 +256,13 @@ pub fn disks(spec: &VmSpec, l: &Launch) -> Vec<String> {
         "-blockdev",
         json!({"driver": "file", "filename": l.disk_path(), "node-name": "disk0-file"}),
     );
-    a.extend(json_arg("-blockdev", json!({"driver": "qcow2", "file": "disk0-file", "node-name": "disk0"})));
+    // Only a clone's overlay stacks on an image (its shared bases, which the controller checked):
+    // any other disk opens no backing file, whatever its header says.
+    let mut disk0 = json!({"driver": "qcow2", "file": "disk0-file", "node-name": "disk0"});
+    if l.backing_files.is_empty() {
+        disk0["backing"] = Value::Null;
+    }
+    a.extend(json_arg("-blockdev", disk0));
     a.extend(json_arg(
         "-device",
         with_bootindex(

@@ -167,15 +167,19 @@ pub fn resolve_iso(path: &str, roots: &[PathBuf]) -> Result<PathBuf, String> {
     if !requested.is_absolute() {
         return Err("must be an absolute path".into());
     }
-    let resolved = requested.canonicalize().map_err(|_| format!("{path} does not exist"))?;
-    if !resolved.is_file() {
-        return Err(format!("{path} is not a regular file"));
-    }
+    // One answer for every path that is not an ISO of the library, so that the check tells nothing
+    // about which files of the host exist.
+    let resolved = requested.canonicalize().map_err(|_| iso_not_found(path))?;
     let inside = roots.iter().filter_map(|r| r.canonicalize().ok()).any(|root| resolved.starts_with(&root));
-    if !inside {
-        return Err(format!("{path} is outside the allowed ISO directories"));
+    if !inside || !resolved.is_file() {
+        return Err(iso_not_found(path));
     }
     Ok(resolved)
+}
+
+/// The refusal of an ISO path that is not in the library, or not the asker's to use.
+pub fn iso_not_found(path: &str) -> String {
+    format!("{path} is not an ISO image of the allowed ISO directories")
 }
 
 #[cfg(test)]

@@ -195,3 +195,11 @@ fn invariants_hold_for_every_case() {
     assert!(a.iter().any(|x| x.contains("logfile=/var/lib/fastvm/run/0123456789ab/serial.log")));
     assert!(a.iter().any(|x| x.contains("org.qemu.guest_agent.0")));
 }
+
+#[test]
+fn only_a_clone_overlay_opens_a_backing_file() {
+    // Every other disk gets `"backing": null`, so a header naming a host file is never followed.
+    let mut l = launch(Accel::Kvm, vec![NicBackend::User]);
+    l.backing_files = vec!["/var/lib/fastvm/base/0a1b2c.qcow2".into()];
+    check("clone_overlay", spec(r#"{"firmware": "bios"}"#), l);
+}

@@ -1,6 +1,7 @@
-//! The backup archive: a zstd-compressed tar of the VM's files with `manifest.json` last, holding
-//! the VM's configuration and the size and SHA-256 of every other member. Reading verifies all of it
-//! before anything is used.
+//! The backup archive: a zstd-compressed tar of the VM's files between `index.json` first (every
+//! member's name and size, known before anything is written) and `manifest.json` last (the VM's
+//! configuration and the size and SHA-256 of every other member). Reading verifies all of it before
+//! anything is used, and writes no member the index does not announce, nor a byte more than it says.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,6 +18,11 @@ use vmrunner::argv::DiskFormat;
 use super::write_behind::WriteBehind;
 
 pub const MANIFEST: &str = "manifest.json";
+pub const INDEX: &str = "index.json";
+/// The largest index or manifest read (a VM's configuration and a few dozen members).
+const MAX_METADATA: u64 = 1 << 20;
+/// Kept free on the restore's filesystem whatever an archive announces.
+const FREE_SPACE_RESERVE: u64 = 256 << 20;
 /// Large sequential reads and writes: disk images are gigabytes.
 const IO_BUFFER: usize = 1 << 20;
 /// Blocks in flight between the thread that hashes and the one that archives or writes.
@@ -52,6 +58,19 @@ pub struct Manifest {
     /// Archives written before volumes were backed up have none.
     #[serde(default)]
     pub volumes: Vec<ArchivedVolume>,
+}
+
+/// What `index.json` announces: the members that follow, in order, with their sizes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Index {
+    pub format: String,
+    pub members: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub name: String,
+    pub size: u64,
 }
 
 /// Reports bytes done of the total.
@@ -177,10 +196,17 @@ pub fn write(
     if workers > 1 {
         encoder.multithread(workers)?;
     }
-    let total: u64 = files.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let mut index = Index { format: FORMAT.into(), members: Vec::new() };
+    for (name, path) in files {
+        let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+        index.members.push(IndexEntry { name: name.clone(), size });
+    }
+    let total: u64 = index.members.iter().map(|m| m.size).sum();
     let mut done = 0u64;
     // Large writes into zstd: the tar builder copies in small pieces.
     let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, encoder));
+    let bytes = serde_json::to_vec(&index)?;
+    builder.append_data(&mut header(bytes.len() as u64), INDEX, bytes.as_slice())?;
     for (name, path) in files {
         let mut on_block = |n: usize| {
             done += n as u64;
@@ -218,7 +244,10 @@ fn hash_and_write(
 }
 
 /// Copies one tar entry to `target` in blocks, hashing on another thread; returns (size, sha256).
-fn extract_member(entry: &mut impl Read, target: &Path) -> anyhow::Result<(u64, String)> {
+/// Stops at the first byte past `limit`.
+fn extract_member(entry: &mut impl Read, target: &Path, limit: u64) -> anyhow::Result<(u64, String)> {
+    let mut entry = entry.take(limit + 1);
+    let entry = &mut entry;
     let (tx, rx) = sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
     let (spare_tx, spare_rx) = channel();
     let (read, written) = std::thread::scope(|s| {
@@ -240,7 +269,9 @@ fn extract_member(entry: &mut impl Read, target: &Path) -> anyhow::Result<(u64, 
         (read, writer.join())
     });
     read?;
-    Ok(written.map_err(|_| anyhow::anyhow!("the writing thread panicked"))??)
+    let (size, sha) = written.map_err(|_| anyhow::anyhow!("the writing thread panicked"))??;
+    ensure!(size <= limit, "it is larger than the index announces");
+    Ok((size, sha))
 }
 
 /// Counts the compressed bytes read, for progress.
@@ -265,16 +296,84 @@ fn safe_name(name: &Path) -> bool {
     !name.as_os_str().is_empty() && name.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
-/// Extracts the archive into `dir` (which must be empty) and checks every member against the
-/// manifest. Any mismatch, missing or extra member, or damage is an error, and `dir` then holds
-/// nothing worth keeping.
-pub fn extract_verified(archive: &Path, dir: &Path, progress: OnProgress<'_>) -> anyhow::Result<Manifest> {
+/// The names a member may have: the VM's disk, UEFI variables and TPM state, and its volumes. Nothing
+/// else is ever written, so an archive cannot drop a file of its choosing into a VM's directory.
+fn allowed_member(name: &str) -> bool {
+    let one_file = |rest: &str| {
+        !rest.is_empty()
+            && rest.len() <= 100
+            && !rest.starts_with('.')
+            && rest.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    matches!(name, "disk0.qcow2" | "OVMF_VARS.fd" | "OVMF_VARS.template")
+        || name.strip_prefix("tpm/").is_some_and(one_file)
+        || name.strip_prefix("volumes/").is_some_and(one_file)
+}
+
+fn open_tar<'a>(
+    archive: &Path,
+    progress: OnProgress<'a>,
+) -> anyhow::Result<tar::Archive<impl Read + use<'a>>> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     let total = file.metadata()?.len();
     let counting = Counting { inner: file, read: 0, total, progress };
     let decoder = zstd::Decoder::new(std::io::BufReader::with_capacity(IO_BUFFER, counting))
         .context("not a zstd stream")?;
-    let mut tar = tar::Archive::new(decoder);
+    Ok(tar::Archive::new(decoder))
+}
+
+fn read_metadata<T: serde::de::DeserializeOwned>(entry: &mut impl Read, what: &str) -> anyhow::Result<T> {
+    let mut text = Vec::new();
+    entry.take(MAX_METADATA + 1).read_to_end(&mut text).with_context(|| format!("reading the {what}"))?;
+    ensure!(text.len() as u64 <= MAX_METADATA, "the {what} is too large");
+    serde_json::from_slice(&text).with_context(|| format!("the {what} is not valid"))
+}
+
+/// What an archive without an index (written before there was one) will hold, from its manifest:
+/// the archive is read through once, writing nothing, to find it.
+fn index_from_manifest(archive: &Path) -> anyhow::Result<Index> {
+    let mut tar = open_tar(archive, &|_, _| {})?;
+    for entry in tar.entries().context("not a tar archive")? {
+        let mut entry = entry.context("damaged archive")?;
+        if entry.path().context("bad member name")?.as_os_str() == MANIFEST {
+            let manifest: Manifest = read_metadata(&mut entry, "manifest")?;
+            let members =
+                manifest.members.into_iter().map(|m| IndexEntry { name: m.name, size: m.size }).collect();
+            return Ok(Index { format: manifest.format, members });
+        }
+    }
+    bail!("the archive has no manifest (truncated?)")
+}
+
+/// Space free for a restore in `dir`, less a reserve.
+fn free_space(dir: &Path) -> anyhow::Result<u64> {
+    Ok(crate::storage::free_bytes(dir)?.saturating_sub(FREE_SPACE_RESERVE))
+}
+
+/// Checks what an index announces before anything is written: allowed names, each once, and a
+/// total that fits in `room`.
+fn check_index(index: &Index, room: u64) -> anyhow::Result<()> {
+    ensure!(index.format == FORMAT, "unknown backup format {:?}", index.format);
+    let mut names = std::collections::BTreeSet::new();
+    for m in &index.members {
+        ensure!(allowed_member(&m.name), "member {:?} is not a file a backup holds", m.name);
+        ensure!(names.insert(m.name.as_str()), "member {} appears twice", m.name);
+    }
+    let total = index.members.iter().try_fold(0u64, |sum, m| sum.checked_add(m.size));
+    match total {
+        Some(t) if t <= room => Ok(()),
+        Some(t) => bail!("it needs {t} bytes and only {room} are free for a restore"),
+        None => bail!("its members' sizes do not add up"),
+    }
+}
+
+/// Extracts the archive into `dir` (which must be empty) and checks every member against the
+/// manifest. Any mismatch, missing or extra member, or damage is an error, and `dir` then holds
+/// nothing worth keeping. A member is written only when the index announced it with its size (so
+/// the whole restore was known to fit before it began), and never a byte past that size.
+pub fn extract_verified(archive: &Path, dir: &Path, progress: OnProgress<'_>) -> anyhow::Result<Manifest> {
+    let mut tar = open_tar(archive, progress)?;
+    let mut index: Option<Index> = None;
     let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut manifest: Option<Manifest> = None;
     for entry in tar.entries().context("not a tar archive")? {
@@ -288,21 +387,44 @@ pub fn extract_verified(archive: &Path, dir: &Path, progress: OnProgress<'_>) ->
         );
         let name_str = name.to_string_lossy().into_owned();
         if name_str == MANIFEST {
-            let mut text = Vec::new();
-            entry.read_to_end(&mut text).context("reading the manifest")?;
-            manifest = Some(serde_json::from_slice(&text).context("the manifest is not valid")?);
+            ensure!(manifest.is_none(), "the archive has two manifests");
+            manifest = Some(read_metadata(&mut entry, "manifest")?);
             continue;
         }
+        if index.is_none() {
+            let found = if name_str == INDEX && seen.is_empty() {
+                read_metadata(&mut entry, "index")?
+            } else {
+                index_from_manifest(archive)?
+            };
+            check_index(&found, free_space(dir)?)?;
+            index = Some(found);
+            if name_str == INDEX {
+                continue;
+            }
+        }
+        let announced = index.as_ref().and_then(|i| i.members.iter().find(|m| m.name == name_str));
+        let Some(announced) = announced else { bail!("member {name_str} is not in the archive's index") };
+        ensure!(!seen.contains_key(&name_str), "member {name_str} appears twice");
+        ensure!(
+            entry.header().size().ok() == Some(announced.size),
+            "member {name_str} is not the size the archive's index announces"
+        );
         let target = dir.join(&name);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let sum =
-            extract_member(&mut entry, &target).with_context(|| format!("damaged member {name_str}"))?;
+        let sum = extract_member(&mut entry, &target, announced.size)
+            .with_context(|| format!("damaged member {name_str}"))?;
         seen.insert(name_str, sum);
     }
     let Some(manifest) = manifest else { bail!("the archive has no manifest (truncated?)") };
     ensure!(manifest.format == FORMAT, "unknown backup format {:?}", manifest.format);
+    if let Some(index) = &index {
+        let listed: Vec<IndexEntry> =
+            manifest.members.iter().map(|m| IndexEntry { name: m.name.clone(), size: m.size }).collect();
+        ensure!(listed == index.members, "the archive's index and manifest disagree");
+    }
     for m in &manifest.members {
         match seen.remove(&m.name) {
             Some((size, sha)) if size == m.size && sha == m.sha256 => {}
@@ -379,6 +501,97 @@ mod tests {
             let result = extract_verified(&archive, out.path(), &|_, _| {});
             assert_eq!(result.is_ok(), ok, "{member}: {result:?}");
         }
+        Ok(())
+    }
+
+    /// A hand-made archive: `(name, claimed size, data)` members, zero-padded or cut to the claimed
+    /// size as a tar header of that size demands, then `manifest` (as is, like a legacy archive).
+    fn crafted(path: &Path, members: &[(&str, u64, u8)], manifest: &Manifest) -> anyhow::Result<()> {
+        let encoder = zstd::Encoder::new(File::create(path)?, 1)?;
+        let mut builder = tar::Builder::new(encoder);
+        for (name, size, byte) in members {
+            let data = std::io::repeat(*byte).take(*size);
+            builder.append_data(&mut header(*size), name, data)?;
+        }
+        let bytes = serde_json::to_vec(manifest)?;
+        builder.append_data(&mut header(bytes.len() as u64), MANIFEST, bytes.as_slice())?;
+        builder.into_inner()?.finish()?;
+        Ok(())
+    }
+
+    fn bytes_under(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() { bytes_under(&p) } else { std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) }
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_decompression_bomb_writes_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut m = manifest("volumes/v1.raw")?;
+        m.volumes.clear();
+        m.members = vec![Member { name: "disk0.qcow2".into(), size: 4096, sha256: "0".repeat(64) }];
+        // A legacy archive (no index): its manifest announces 4 KiB, the member is 512 MiB of zeros
+        // that compress to almost nothing.
+        let archive = dir.path().join("bomb.tar.zst");
+        crafted(&archive, &[("disk0.qcow2", 512 << 20, 0)], &m)?;
+        assert!(std::fs::metadata(&archive)?.len() < 1 << 20, "the bomb is small");
+        let out = tempfile::tempdir()?;
+        let err = extract_verified(&archive, out.path(), &|_, _| {})
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("refused"))?;
+        assert!(format!("{err:#}").contains("not the size"), "{err:#}");
+        assert_eq!(bytes_under(out.path()), 0, "nothing was written");
+
+        // An archive with an index that announces more than the disk holds is refused up front.
+        let big = Index {
+            format: FORMAT.into(),
+            members: vec![IndexEntry { name: "disk0.qcow2".into(), size: 1 << 50 }],
+        };
+        assert!(check_index(&big, free_space(out.path())?).is_err());
+        // And one whose index lies about a member is stopped at that member's header.
+        let data = dir.path().join("disk");
+        std::fs::write(&data, vec![1u8; 8192])?;
+        let honest = dir.path().join("honest.tar.zst");
+        let mut clean = manifest("volumes/v1.raw")?;
+        clean.volumes.clear();
+        write(&honest, &[("disk0.qcow2".into(), data)], clean, &|_, _| {})?;
+        assert!(extract_verified(&honest, tempfile::tempdir()?.path(), &|_, _| {}).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn only_the_files_a_backup_holds_are_written() -> anyhow::Result<()> {
+        for (name, ok) in [
+            ("disk0.qcow2", true),
+            ("OVMF_VARS.fd", true),
+            ("tpm/tpm2-00.permall", true),
+            ("volumes/abc123.qcow2", true),
+            ("vmrunner.json", false),
+            ("tpm/.hidden", false),
+            ("tpm/a/b", false),
+            ("volumes/", false),
+            ("disk1.qcow2", false),
+        ] {
+            assert_eq!(allowed_member(name), ok, "{name}");
+        }
+        let dir = tempfile::tempdir()?;
+        let mut m = manifest("volumes/v1.raw")?;
+        m.volumes.clear();
+        m.members = vec![Member { name: "qemu.pid".into(), size: 3, sha256: "0".repeat(64) }];
+        let archive = dir.path().join("odd.tar.zst");
+        crafted(&archive, &[("qemu.pid", 3, b'1')], &m)?;
+        let out = tempfile::tempdir()?;
+        let err = extract_verified(&archive, out.path(), &|_, _| {})
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("refused"))?;
+        assert!(format!("{err:#}").contains("not a file a backup holds"), "{err:#}");
+        assert_eq!(bytes_under(out.path()), 0);
         Ok(())
     }
 }

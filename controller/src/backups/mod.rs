@@ -36,6 +36,8 @@ use crate::store::{now_unix, rfc3339};
 use crate::vms::model::{VmActionResponse, VmRecord};
 use crate::{qmp, storage};
 use archive::Manifest;
+use vmrunner::VmSpec;
+use vmrunner::argv::DiskFormat;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
@@ -272,7 +274,7 @@ async fn take_backup(
                 progress.phase("flattening disk0.qcow2");
                 let copy = work.path().join("disk0.qcow2");
                 let mut cmd = Command::new(&state.vms.qemu_img);
-                cmd.args(["convert", "-O", "qcow2"]).arg(&disk).arg(&copy);
+                cmd.args(["convert", "-f", "qcow2", "-O", "qcow2"]).arg(&disk).arg(&copy);
                 storage::run(cmd, "flattening the disk").await?;
                 files.push(("disk0.qcow2".into(), copy));
             } else {
@@ -490,7 +492,25 @@ async fn extract(
     .await
     .context("restore task failed")?
     .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
+    check_images(state, &manifest, staging.path()).await?;
     Ok((staging, manifest))
+}
+
+/// The disk images of an archive came from whoever made it: each must be a plain image of the format
+/// and at most the size its VM or volume record says (see `storage::untrusted`).
+async fn check_images(state: &AppState, manifest: &Manifest, dir: &Path) -> ApiResult<()> {
+    const GIB: u64 = 1 << 30;
+    let max_disk = manifest.spec.disk_size.min(vmrunner::validate::MAX_DISK_GB) * GIB;
+    let mut images = vec![("disk0.qcow2".to_string(), DiskFormat::Qcow2, max_disk)];
+    images.extend(manifest.volumes.iter().map(|v| (v.member.clone(), v.format, v.size_gb * GIB)));
+    for (member, format, max) in images {
+        let path = dir.join(&member);
+        if path.exists() {
+            let what = format!("The backup archive's {member}");
+            storage::untrusted::check(&state.vms.qemu_img, &what, &path, format, Some(max)).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn restore(
@@ -502,7 +522,8 @@ async fn restore(
 ) -> ApiResult<VmRecord> {
     let (staging, manifest) = extract(state, Path::new(&backup.path), progress).await?;
     if let Some(name) = new_name {
-        return restore_as_new(state, user, manifest, name, staging.path()).await;
+        let spec = restored_spec(state, user, &manifest, name).await?;
+        return restore_as_new(state, user, manifest, spec, staging.path()).await;
     }
     let vm = crate::vms::owned(state, user, &manifest.vm_id).await.map_err(|_| {
         ApiError::NotFound("The original VM no longer exists: give a new_name to restore as a new VM".into())
@@ -591,13 +612,14 @@ fn replace_files(from: &Path, to: &Path) -> ApiResult<()> {
     Ok(())
 }
 
-async fn restore_as_new(
+/// The spec a restore as a new VM gets: the archived one under a new name, with new MACs, no host
+/// ports, only the ISOs that are there and the user's to use, and every rule a create applies.
+async fn restored_spec(
     state: &AppState,
     user: &SessionUser,
-    manifest: Manifest,
+    manifest: &Manifest,
     name: String,
-    staging: &Path,
-) -> ApiResult<VmRecord> {
+) -> ApiResult<VmSpec> {
     let mut spec = manifest.spec.clone();
     spec.name = name;
     // New MACs and no host ports: the original VM may still be using its own.
@@ -605,13 +627,31 @@ async fn restore_as_new(
         net.mac_address = None;
         net.port_forwards.clear();
     }
-    // ISOs that are gone are dropped rather than blocking the restore.
+    // ISOs that are gone, or not the user's to use (another user's seed), are dropped rather than
+    // blocking the restore.
     for iso in [&mut spec.iso_path, &mut spec.secondary_iso_path] {
-        if iso.as_deref().is_some_and(|p| !Path::new(p).is_file()) {
+        let usable = match iso.as_deref() {
+            Some(p) => {
+                Path::new(p).is_file() && state.vms.may_use_iso(p, &user.username, user.is_admin).await
+            }
+            None => true,
+        };
+        if !usable {
             *iso = None;
         }
     }
+    state.vms.check_rules(&spec, None, &user.username, user.is_admin).await?;
     state.vms.normalize(&mut spec)?;
+    Ok(spec)
+}
+
+async fn restore_as_new(
+    state: &AppState,
+    user: &SessionUser,
+    manifest: Manifest,
+    spec: VmSpec,
+    staging: &Path,
+) -> ApiResult<VmRecord> {
     let id = crate::vms::manager::new_id();
     // Volumes wait in the staging directory until the VM they attach to exists.
     let volumes_staging = tempfile::Builder::new()
@@ -676,10 +716,7 @@ async fn upload_and_restore(
                 tokio::io::AsyncWriteExt::flush(&mut out).await.context("writing the upload")?;
                 received = true;
             }
-            Some("new_name") => {
-                new_name =
-                    Some(field.text().await.map_err(|e| ApiError::BadRequest(format!("new_name: {e}")))?);
-            }
+            Some("new_name") => new_name = Some(crate::http::small_field(field).await?),
             _ => {}
         }
     }
@@ -712,6 +749,9 @@ async fn restore_upload(
     progress: &Progress,
 ) -> ApiResult<VmRecord> {
     let (staging, manifest) = extract(state, upload.path(), progress).await?;
+    // Checked before the upload is kept: a refused archive leaves nothing behind.
+    let name = new_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| manifest.vm_name.clone());
+    let spec = restored_spec(state, user, &manifest, name).await?;
     let id = crate::vms::manager::new_id();
     let stamp = now_unix();
     let backups_dir = state.settings.data_dir.join("backups");
@@ -735,6 +775,5 @@ async fn restore_upload(
             Ok(())
         })
         .await?;
-    let name = new_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| manifest.vm_name.clone());
-    restore_as_new(state, user, manifest, name, staging.path()).await
+    restore_as_new(state, user, manifest, spec, staging.path()).await
 }

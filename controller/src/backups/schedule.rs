@@ -23,7 +23,7 @@ use crate::store::{now_unix, rfc3339};
 
 /// How often due schedules are looked for.
 pub const TICK: Duration = Duration::from_secs(2);
-const MAX_KEEP: u32 = 1000;
+const MAX_KEEP: u32 = 100;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_schedule, set_schedule, delete_schedule))
@@ -34,9 +34,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub struct ScheduleRequest {
     /// A cron expression (minute hour day month weekday, UTC), e.g. `0 3 * * *`.
     pub cron: Option<String>,
-    /// Or: every this many seconds.
+    /// Or: every this many seconds (at least `FASTVM_BACKUP_MIN_INTERVAL`, 300 by default).
     pub interval: Option<u64>,
-    /// Scheduled backups kept (1-1000); older ones are deleted after a new one succeeds.
+    /// Scheduled backups kept (1-100); older ones are deleted after a new one succeeds.
     pub keep: u32,
 }
 
@@ -70,6 +70,23 @@ fn next_run(cron: Option<&str>, interval: Option<u64>, after: i64) -> Result<i64
         (None, Some(secs)) if (1..=366 * 86_400).contains(&secs) => Ok(after + secs as i64),
         (None, Some(_)) => Err("interval: must be 1 second to 366 days".into()),
         _ => Err("cron, interval: give exactly one of them".into()),
+    }
+}
+
+/// Refuses a schedule that would back the VM up more often than every `min` seconds (a cron
+/// expression is judged by its next few runs).
+fn check_spacing(cron: Option<&str>, interval: Option<u64>, min: u64, now: i64) -> Result<(), String> {
+    let mut runs = vec![now];
+    for _ in 0..12 {
+        let last = runs[runs.len() - 1];
+        runs.push(next_run(cron, interval, last)?);
+    }
+    let field = if cron.is_some() { "cron" } else { "interval" };
+    match runs[1..].windows(2).map(|w| w[1] - w[0]).min() {
+        Some(gap) if gap < min as i64 => {
+            Err(format!("{field}: backups must be at least {min} seconds apart (this one: {gap} s)"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -125,6 +142,8 @@ async fn set_schedule(
         return Err(ApiError::BadRequest(format!("keep: must be 1 to {MAX_KEEP}")));
     }
     let next = next_run(req.cron.as_deref(), req.interval, now_unix()).map_err(ApiError::BadRequest)?;
+    check_spacing(req.cron.as_deref(), req.interval, state.settings.backup_min_interval, now_unix())
+        .map_err(ApiError::BadRequest)?;
     let (v, o) = (vm_id.clone(), user.username.clone());
     state
         .store
@@ -172,8 +191,10 @@ pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
     let due: Vec<DueSchedule> = state
         .store
         .call(move |c| {
+            // The VM's owner as it is now: a schedule's backups belong to whoever owns the VM.
             let mut stmt = c.prepare(
-                "SELECT vm_id, owner, cron, interval_secs, keep FROM backup_schedules WHERE next_run <= ?1",
+                "SELECT s.vm_id, v.owner, s.cron, s.interval_secs, s.keep FROM backup_schedules s
+                 JOIN vms v ON v.id = s.vm_id WHERE s.next_run <= ?1",
             )?;
             let rows =
                 stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
@@ -230,5 +251,22 @@ async fn prune(state: &AppState, vm_id: &str, keep: u32) {
                 tracing::warn!(backup = id, error = %e, "pruning a backup failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_closer_than_the_minimum_are_refused() {
+        let now = 1_700_000_000;
+        assert!(check_spacing(None, Some(300), 300, now).is_ok());
+        assert!(check_spacing(None, Some(1), 300, now).is_err_and(|e| e.starts_with("interval")));
+        assert!(check_spacing(Some("0 3 * * *"), None, 300, now).is_ok());
+        assert!(check_spacing(Some("* * * * *"), None, 300, now).is_err_and(|e| e.starts_with("cron")));
+        assert!(check_spacing(Some("*/5 * * * *"), None, 300, now).is_ok());
+        // Uneven: two runs a minute apart each hour.
+        assert!(check_spacing(Some("0,1 * * * *"), None, 300, now).is_err());
     }
 }

@@ -299,9 +299,12 @@ async fn spice_vv(
 #[utoipa::path(get, path = "/api/spice-tools", tag = "consoles", security(("bearer" = [])),
     responses((status = 200, body = SpiceTools)))]
 async fn spice_tools(State(state): State<AppState>, _user: AuthUser) -> Json<SpiceTools> {
+    let seeds = crate::isos::seeds_dir(&state.settings);
     let found = crate::isos::library(&state.settings).into_iter().find(|iso| {
         let name = iso.name.to_ascii_lowercase();
-        name.starts_with("spice-guest-tools") || name.starts_with("virtio-win")
+        // A user's cloud-init seed is never offered to everyone, whatever its name.
+        !crate::isos::in_dir(&iso.path, &seeds)
+            && (name.starts_with("spice-guest-tools") || name.starts_with("virtio-win"))
     });
     Json(SpiceTools { available: found.is_some(), path: found.map(|iso| iso.path) })
 }

@@ -21,7 +21,6 @@ use vmrunner::run_config::RunConfig;
 use vmrunner::{NetworkType, Protocol};
 
 use super::{Actual, RunDirs, Runtime, Usage, wait_ready, write_run_config};
-use crate::storage;
 
 pub const LABEL_MANAGED: &str = "fastvm.managed";
 pub const LABEL_VM_ID: &str = "fastvm.vm_id";
@@ -257,12 +256,7 @@ impl Runtime for DockerRuntime {
             Some((false, _, _, false)) => bail!("a container called {name} exists and is not Fast VM's"),
             None => {}
         }
-        let mut inner = container_run_config(config);
-        let mut bases = std::collections::HashSet::new();
-        storage::add_backing_chain(&config.qemu_img, &config.launch.disk_path(), &mut bases)
-            .await
-            .context("finding the images the disk is stacked on")?;
-        inner.launch.backing_files = bases.into_iter().collect();
+        let inner = container_run_config(config);
         let config_path = write_run_config(&inner)?;
         let body = container_body(&inner, &self.image, &self.port_forward_bind, &config_path);
         self.docker

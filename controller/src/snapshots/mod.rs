@@ -73,6 +73,13 @@ struct Disk {
     node: String,
 }
 
+impl Disk {
+    /// The image for qemu-img, its format spelled out; only disk0 (a clone's overlay) may have a base.
+    fn image_arg(&self) -> String {
+        storage::qcow2_image(&self.path, self.node != "disk0")
+    }
+}
+
 /// Every disk of the VM with its format: disk0, then the attached volumes.
 async fn all_disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<(Disk, DiskFormat, String)>> {
     let disk0 = Disk { path: state.vms.vms_dir.join(&vm.id).join("disk0.qcow2"), node: "disk0".into() };
@@ -148,12 +155,12 @@ async fn load(state: &AppState, vm_id: &str, snap_id: &str) -> ApiResult<Snapsho
 async fn offline(state: &AppState, disks: &[Disk], op: &str, tag: &str, undo: Option<&str>) -> ApiResult<()> {
     for (i, d) in disks.iter().enumerate() {
         let mut cmd = Command::new(&state.vms.qemu_img);
-        cmd.args(["snapshot", op, tag]).arg(&d.path);
+        cmd.args(["snapshot", op, tag]).arg(d.image_arg());
         if let Err(e) = storage::run(cmd, "qemu-img snapshot").await {
             if let Some(undo) = undo {
                 for done in &disks[..i] {
                     let mut cmd = Command::new(&state.vms.qemu_img);
-                    cmd.args(["snapshot", undo, tag]).arg(&done.path);
+                    cmd.args(["snapshot", undo, tag]).arg(done.image_arg());
                     let _ = storage::run(cmd, "undoing qemu-img snapshot").await;
                 }
             }
@@ -198,8 +205,11 @@ async fn list_snapshots(
         .await?;
     // Sizes of saved RAM, from the image itself (-U: readable while the VM runs).
     let disk = state.vms.vms_dir.join(&vm.id).join("disk0.qcow2");
-    if let Ok(out) =
-        Command::new(&state.vms.qemu_img).args(["info", "-U", "--output=json"]).arg(&disk).output().await
+    if let Ok(out) = Command::new(&state.vms.qemu_img)
+        .args(["info", "-U", "-f", "qcow2", "--output=json"])
+        .arg(&disk)
+        .output()
+        .await
     {
         let info: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         for s in &mut snaps {

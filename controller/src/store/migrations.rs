@@ -129,6 +129,15 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX metrics_history_by_ts ON metrics_history(ts);
     "#,
+    // 7: who made each cloud-init seed (a file in cloudinit/): seeds carry password hashes and keys,
+    // so only their owner (and admins) may see or attach them. Seeds made before have no row: admins'.
+    r#"
+    CREATE TABLE cloudinit_seeds (
+        name       TEXT PRIMARY KEY NOT NULL,
+        owner      TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

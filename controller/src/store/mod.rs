@@ -2,6 +2,7 @@
 //! queries never stall the async runtime. The schema lives in `migrations`.
 
 mod migrations;
+pub mod seeds;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;

@@ -22,6 +22,35 @@ impl VmManager {
         self.vms_dir.join(id).join("disk0.qcow2")
     }
 
+    /// The images a VM's disk is stacked on, each checked to be one of the shared bases clones make
+    /// before it is read: a disk that names any other file (however it got here) is refused rather
+    /// than started.
+    pub(super) async fn disk_bases(&self, id: &str) -> ApiResult<Vec<PathBuf>> {
+        let base_dir = self.base_dir().canonicalize().ok();
+        let mut bases: Vec<PathBuf> = Vec::new();
+        let mut current = self.disk_of(id);
+        while current.exists() {
+            let backing = storage::backing_file(&self.qemu_img, &current).await.map_err(|e| {
+                ApiError::Operation(format!("reading what {} is stacked on: {e:#}", current.display()))
+            })?;
+            let Some(b) = backing else { break };
+            let ours =
+                base_dir.as_ref().zip(b.canonicalize().ok()).is_some_and(|(dir, b)| b.starts_with(dir));
+            if !ours {
+                return Err(ApiError::Conflict(format!(
+                    "disk0.qcow2 is stacked on {}, which is not one of Fast VM's base images: not started",
+                    b.display()
+                )));
+            }
+            if bases.contains(&b) {
+                break; // A cycle; QEMU will say what it thinks of it.
+            }
+            bases.push(b.clone());
+            current = b;
+        }
+        Ok(bases)
+    }
+
     /// Clones a stopped VM: new id, name, MACs and TPM; copied UEFI variables; no port forwards (their
     /// host ports belong to the source); attached volumes stay with the source.
     pub async fn clone_vm(
@@ -31,6 +60,7 @@ impl VmManager {
         memory: Option<u64>,
         cpus: Option<u32>,
         owner: &str,
+        is_admin: bool,
     ) -> ApiResult<VmRecord> {
         let _guard = self.lock(source_id).await;
         let source = self.get(source_id).await?;
@@ -60,6 +90,7 @@ impl VmManager {
             net.mac_address = None;
             net.port_forwards.clear();
         }
+        self.check_rules(&spec, None, owner, is_admin).await?;
         self.normalize(&mut spec)?;
         let clone_id = crate::vms::manager::new_id();
         let clone_dir = self.vms_dir.join(&clone_id);

@@ -2,6 +2,7 @@
 //! operation on it, so concurrent requests can never leave two QEMUs or an orphan.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct VmManager {
     pub accel: Accel,
     pub iso_roots: Vec<PathBuf>,
     pub port_forward_bind: String,
+    /// Host ports regular users may forward (admins: any).
+    pub port_forward_range: RangeInclusive<u16>,
     pub qemu: PathBuf,
     pub qemu_img: PathBuf,
     pub swtpm: PathBuf,
@@ -90,6 +93,7 @@ impl VmManager {
         accel: Accel,
         iso_roots: Vec<PathBuf>,
         port_forward_bind: String,
+        port_forward_range: RangeInclusive<u16>,
         qemu: PathBuf,
         qemu_img: PathBuf,
         swtpm: PathBuf,
@@ -104,6 +108,7 @@ impl VmManager {
             accel,
             iso_roots,
             port_forward_bind,
+            port_forward_range,
             qemu,
             qemu_img,
             swtpm,
@@ -218,15 +223,79 @@ impl VmManager {
         }
     }
 
-    pub async fn create(
+    /// The rules of who may have what, which every way to make or change a VM (create, edit, clone,
+    /// restore) applies. Only admins put VMs on host networks, forward host ports outside
+    /// `port_forward_range`, or attach another user's cloud-init seed; what an edit leaves as it was
+    /// (`current` is the spec before it) stays allowed.
+    pub async fn check_rules(
         &self,
-        mut spec: VmSpec,
-        owner: &str,
-        may_use_host_networks: bool,
-    ) -> ApiResult<VmRecord> {
-        if !may_use_host_networks {
-            check_host_networks(&spec, None)?;
+        spec: &VmSpec,
+        current: Option<&VmSpec>,
+        user: &str,
+        is_admin: bool,
+    ) -> ApiResult<()> {
+        if is_admin {
+            return Ok(());
         }
+        check_host_networks(spec, current)?;
+        for (field, path, before) in [
+            ("iso_path", &spec.iso_path, current.and_then(|c| c.iso_path.as_ref())),
+            (
+                "secondary_iso_path",
+                &spec.secondary_iso_path,
+                current.and_then(|c| c.secondary_iso_path.as_ref()),
+            ),
+        ] {
+            match path {
+                Some(p) if before != Some(p) => self.check_seed(field, p, user).await?,
+                _ => {}
+            }
+        }
+        for (i, net) in spec.networks.iter().enumerate() {
+            let kept = |f: &vmrunner::PortForward| {
+                current.is_some_and(|c| c.networks.iter().any(|n| n.port_forwards.contains(f)))
+            };
+            if let Some(f) =
+                net.port_forwards.iter().find(|f| !self.port_forward_range.contains(&f.host_port) && !kept(f))
+            {
+                return Err(ApiError::Forbidden(format!(
+                    "networks[{i}].port_forwards: host port {} is outside {}-{}, the ports regular users may forward",
+                    f.host_port,
+                    self.port_forward_range.start(),
+                    self.port_forward_range.end()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path into `cloudinit/` may only name a seed `user` made: to anyone else it does not exist.
+    async fn check_seed(&self, field: &str, path: &str, user: &str) -> ApiResult<()> {
+        let seeds = self.vms_dir.with_file_name("cloudinit");
+        let (Ok(seeds), Ok(resolved)) = (seeds.canonicalize(), Path::new(path).canonicalize()) else {
+            return Ok(()); // Nothing to own: validation answers for a path that does not resolve.
+        };
+        if !resolved.starts_with(&seeds) {
+            return Ok(());
+        }
+        let name = resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let owner = self.store.call(move |c| Ok(crate::store::seeds::owner(c, &name)?)).await?;
+        if owner.as_deref() != Some(user) {
+            return Err(ApiError::BadRequest(format!(
+                "{field}: {}",
+                vmrunner::validate::iso_not_found(path)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `user` may attach the ISO at `path` (another user's seed is not theirs to use).
+    pub async fn may_use_iso(&self, path: &str, user: &str, is_admin: bool) -> bool {
+        is_admin || self.check_seed("iso", path, user).await.is_ok()
+    }
+
+    pub async fn create(&self, mut spec: VmSpec, owner: &str, is_admin: bool) -> ApiResult<VmRecord> {
+        self.check_rules(&spec, None, owner, is_admin).await?;
         let id = new_id();
         self.normalize(&mut spec)?;
         self.check_conflicts(&id, &spec).await?;
@@ -243,7 +312,7 @@ impl VmManager {
         id: &str,
         changes: serde_json::Map<String, serde_json::Value>,
         owner: Option<String>,
-        may_use_host_networks: bool,
+        is_admin: bool,
     ) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
         let current = self.get(id).await?;
@@ -253,9 +322,7 @@ impl VmManager {
         }
         let mut spec: VmSpec = serde_json::from_value(merged)
             .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?;
-        if !may_use_host_networks {
-            check_host_networks(&spec, Some(&current.spec))?;
-        }
+        self.check_rules(&spec, Some(&current.spec), &current.owner, is_admin).await?;
         if self.rt(&current)?.inspect(id).await?.running {
             return Err(ApiError::Conflict("Stop the VM before changing its configuration".into()));
         }
@@ -305,8 +372,7 @@ impl VmManager {
             volumes,
             volumes_dir: Some(self.volumes_dir.clone()),
             loadvm: None,
-            // Only a container needs them spelled out (the docker runtime fills them in).
-            backing_files: Vec::new(),
+            backing_files: self.disk_bases(&vm.id).await?,
         };
         Ok(RunConfig {
             spec: vm.spec.clone(),

@@ -307,12 +307,13 @@ async fn clone_vm(
 ) -> ApiResult<(StatusCode, Json<VmActionResponse>)> {
     audit.action("vm.clone").target(&vm_id).details(&req.name);
     owned(&state, &user, &vm_id).await?;
-    let (vms, source, owner) = (state.vms.clone(), vm_id.clone(), user.username.clone());
+    let (vms, source, owner, is_admin) =
+        (state.vms.clone(), vm_id.clone(), user.username.clone(), user.is_admin);
     let vm = state
         .jobs
         .run("clone", Some(&vm_id), &user.username, move |progress| async move {
             progress.phase("cloning");
-            let vm = vms.clone_vm(&source, req.name, req.memory, req.cpus, &owner).await?;
+            let vm = vms.clone_vm(&source, req.name, req.memory, req.cpus, &owner, is_admin).await?;
             let id = vm.id.clone();
             Ok((vm, Some(id)))
         })

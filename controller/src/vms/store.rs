@@ -143,6 +143,9 @@ pub fn update_spec(
         params![id, spec_json(spec)?, spec.name, owner, now],
     )?;
     write_claims(&tx, id, spec)?;
+    // A VM handed to another user takes its schedule and the backups it made along.
+    tx.execute("UPDATE backup_schedules SET owner = ?2 WHERE vm_id = ?1", params![id, owner])?;
+    tx.execute("UPDATE backups SET owner = ?2 WHERE vm_id = ?1 AND scheduled = 1", params![id, owner])?;
     tx.commit()
 }
 

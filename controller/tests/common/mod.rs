@@ -20,7 +20,8 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Settings for a fast test: cheap bcrypt, no login limit unless a test asks for one, guests under
+/// Settings for a fast test: cheap bcrypt, no login limit unless a test asks for one, backups as
+/// often as a schedule asks, guests under
 /// TCG (see the README on nested KVM), port forwards on loopback only, and ISOs from the test guest's folder.
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::for_data_dir(dir);
@@ -30,6 +31,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s.port_forward_bind = "127.0.0.1".into();
     s.iso_dirs = guest::iso_path().parent().map(|p| p.display().to_string());
     s.vmrunner = Some(vmrunner_binary());
+    // Schedule tests take several backups within seconds.
+    s.backup_min_interval = 1;
     s
 }
 
@@ -162,6 +165,13 @@ impl TestServer {
         assert_eq!(status, StatusCode::OK, "{body}");
         guest::wait_serial_async(&run_dir, "FASTVM-GUEST-READY", 1, guest::BOOT_TIMEOUT).await;
         (id, run_dir)
+    }
+
+    /// A new regular user (password `<name>-password`), signed in: their token.
+    pub async fn regular_user(&self, admin: &str, username: &str) -> String {
+        let password = format!("{username}-password");
+        self.create_user(admin, username, &password, false).await;
+        self.token(username, &password).await
     }
 
     pub async fn create_user(&self, admin: &str, username: &str, password: &str, is_admin: bool) {

@@ -9,6 +9,19 @@ use tokio::process::Command;
 
 use crate::error::{ApiError, ApiResult};
 
+pub mod untrusted;
+
+/// A qcow2 image named for qemu-img with its format spelled out, so nothing is probed; `no_backing`
+/// also keeps qemu-img from opening any backing file the header names (for every image but a
+/// clone's overlay, which needs its base).
+pub fn qcow2_image(path: &Path, no_backing: bool) -> String {
+    let mut spec = serde_json::json!({"driver": "qcow2", "file": {"driver": "file", "filename": path}});
+    if no_backing {
+        spec["backing"] = serde_json::Value::Null;
+    }
+    format!("json:{spec}")
+}
+
 /// Runs a tool; its own error output becomes the message of a failure.
 pub async fn run(mut cmd: Command, what: &str) -> ApiResult<()> {
     let out = cmd.output().await.with_context(|| format!("{what}: could not run the tool"))?;
@@ -76,6 +89,12 @@ pub fn sweep_leftovers(dirs: &[PathBuf], vms_dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// Bytes an unprivileged writer may still put on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).with_context(|| format!("free space of {}", dir.display()))?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 fn temporary_name(target: &Path) -> PathBuf {
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     target.with_file_name(format!(".{name}.tmp"))
@@ -97,14 +116,14 @@ pub async fn create_image(qemu_img: &Path, target: &Path, format: &str, size_gb:
 /// Grows a disk image in place.
 pub async fn grow_image(qemu_img: &Path, image: &Path, size_gb: u64) -> ApiResult<()> {
     let mut cmd = Command::new(qemu_img);
-    cmd.arg("resize").arg(image).arg(format!("{size_gb}G"));
+    cmd.args(["resize", "-f", "qcow2"]).arg(image).arg(format!("{size_gb}G"));
     run(cmd, "resizing the disk").await
 }
 
-/// `qemu-img info` of one image (`-U`: readable while a VM uses it).
+/// `qemu-img info` of one qcow2 image (`-U`: readable while a VM uses it).
 async fn image_info(qemu_img: &Path, image: &Path) -> anyhow::Result<serde_json::Value> {
     let out = Command::new(qemu_img)
-        .args(["info", "-U", "--output=json"])
+        .args(["info", "-U", "-f", "qcow2", "--output=json"])
         .arg(image)
         .output()
         .await
