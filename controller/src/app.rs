@@ -29,8 +29,8 @@ use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
 use crate::{
-    audit, auth, backups, cloudinit, consoles, host, http, isos, jobs, metrics, snapshots, system, vms,
-    volumes, web,
+    audit, auth, backups, cloudinit, consoles, host, http, isos, jobs, metrics, quotas, snapshots, system,
+    vms, volumes, web,
 };
 
 #[derive(OpenApi)]
@@ -72,6 +72,7 @@ impl Modify for BearerAuth {
 fn api() -> (Router<AppState>, OpenApiDoc) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::routes())
+        .merge(quotas::routes())
         .merge(audit::routes())
         .merge(system::routes())
         .merge(vms::routes())
@@ -97,8 +98,14 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 /// Prepares the data directory and everything the handlers share, re-adopts running VMs, and starts
 /// the reconcile loop.
 pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
-    for dir in settings.layout_dirs() {
+    // Disks, backups, seeds and logs are the users' data: whatever the operator's umask, everything
+    // this process and its children (qemu-img, vmrunner, QEMU) create is private to its user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    for dir in std::iter::once(settings.data_dir.clone()).chain(settings.layout_dirs()) {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Also a data directory made by an older version, or by hand.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
     }
     // VMs are started from other working directories (and, later, containers): use absolute paths.
     settings.data_dir = settings.data_dir.canonicalize()?;
@@ -223,6 +230,7 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = api();
     let production = state.settings.production;
     let cors = http::cors(&state.settings.cors_origins);
+    let trusted: std::sync::Arc<str> = state.settings.trusted_proxies.clone().into();
     Router::new()
         .merge(
             api.layer(from_fn_with_state(state.clone(), audit::middleware))
@@ -235,7 +243,11 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(http::panic_response))
         .layer(cors)
         .layer(from_fn(move |req, next| http::security_headers(production, req, next)))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            // Never the raw URI: query strings carry tokens and tickets.
+            tracing::debug_span!("request", method = %req.method(), uri = %http::redacted_uri(req.uri()))
+        }))
+        .layer(from_fn(move |req, next| http::client_address(trusted.clone(), req, next)))
         .with_state(state)
 }
 

@@ -81,9 +81,14 @@ pub struct Settings {
     /// Largest ISO image an upload may bring, in GB.
     #[arg(long, env = "FASTVM_MAX_ISO_GB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_iso_gb: u64,
-    /// Addresses (comma-separated IPs or CIDRs) that may read `/metrics` without a token.
-    #[arg(long, env = "FASTVM_METRICS_ALLOW", default_value = "127.0.0.1/8,::1")]
+    /// Addresses (comma-separated IPs or CIDRs) that may read `/metrics` without a token. Empty (the
+    /// default): an admin's token is always needed (a NAT guest reaches the host's loopback).
+    #[arg(long, env = "FASTVM_METRICS_ALLOW", default_value = "")]
     pub metrics_allow: String,
+    /// Reverse proxies (comma-separated IPs or CIDRs) whose `X-Forwarded-For` names the client, for
+    /// the login limiter and the audit log. Empty: the header is ignored.
+    #[arg(long, env = "FASTVM_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +156,8 @@ impl Settings {
             metrics_interval: 10,
             max_iso_gb: 64,
             backup_min_interval: 300,
-            metrics_allow: "127.0.0.1/8,::1".into(),
+            metrics_allow: String::new(),
+            trusted_proxies: String::new(),
         }
     }
 

@@ -27,6 +27,73 @@ impl Message {
     }
 }
 
+/// Whether `ip` is in the comma-separated list of addresses and CIDR blocks.
+pub fn in_list(list: &str, ip: IpAddr) -> bool {
+    list.split(',').map(str::trim).filter(|e| !e.is_empty()).any(|entry| {
+        let (addr, bits) = match entry.split_once('/') {
+            Some((a, b)) => (a, b.parse::<u32>().ok()),
+            None => (entry, None),
+        };
+        match (addr.parse::<IpAddr>(), ip) {
+            (Ok(IpAddr::V4(net)), IpAddr::V4(ip)) => {
+                let bits = bits.unwrap_or(32).min(32);
+                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (Ok(IpAddr::V6(net)), IpAddr::V6(ip)) => {
+                let bits = bits.unwrap_or(128).min(128);
+                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    })
+}
+
+/// The client a request comes from: the peer, or, when the peer is one of the `trusted` proxies,
+/// the address it names in `X-Forwarded-For` (the nearest one that is not itself a trusted proxy).
+/// Anyone else's `X-Forwarded-For` is ignored.
+pub fn client_of(peer: IpAddr, forwarded: &[&str], trusted: &str) -> IpAddr {
+    if !in_list(trusted, peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> =
+        forwarded.iter().flat_map(|v| v.split(',')).filter_map(|h| h.trim().parse().ok()).collect();
+    hops.iter().rev().find(|h| !in_list(trusted, **h)).or(hops.first()).copied().unwrap_or(peer)
+}
+
+/// Puts the real client in `ConnectInfo` (see `client_of`) before anything reads it: the login
+/// limiter, the audit log and the `/metrics` allow-list.
+pub async fn client_address(trusted: std::sync::Arc<str>, mut req: Request, next: Next) -> Response {
+    if !trusted.is_empty() {
+        if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+            let forwarded: Vec<&str> =
+                req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+            let client = client_of(peer.ip(), &forwarded, &trusted);
+            req.extensions_mut().insert(ConnectInfo(SocketAddr::new(client, peer.port())));
+        }
+    }
+    next.run(req).await
+}
+
+/// A request's URI as logs may show it: the values of `token`, `ticket` and `password` query
+/// parameters are replaced, so no log line at any level holds a credential.
+pub fn redacted_uri(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else { return uri.to_string() };
+    let secret = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        ["token", "ticket", "password", "access_token"].contains(&key.as_str())
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}=REDACTED"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), query.join("&"))
+}
+
 /// The largest value of a multipart form's text field (a name, an option): file fields stream to
 /// disk, and nothing else is ever held in memory beyond this.
 pub const MAX_FORM_FIELD: usize = 1024;
@@ -134,4 +201,48 @@ pub fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response
     let mut r = Json(ErrorBody { detail: "Internal server error".into() }).into_response();
     *r.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn address_lists_take_addresses_and_blocks() {
+        let list = "127.0.0.1/8, ::1, 10.1.0.0/16";
+        for (addr, inside) in
+            [("127.9.9.9", true), ("10.1.200.3", true), ("10.2.0.1", false), ("::1", true), ("::2", false)]
+        {
+            assert_eq!(in_list(list, ip(addr)), inside, "{addr}");
+        }
+        assert!(!in_list("", ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let trusted = "10.0.0.0/8";
+        assert_eq!(client_of(ip("192.0.2.7"), &["198.51.100.1"], trusted), ip("192.0.2.7"), "untrusted peer");
+        assert_eq!(client_of(ip("10.1.1.1"), &["198.51.100.1"], trusted), ip("198.51.100.1"));
+        // A client cannot choose its address by adding hops: the nearest untrusted hop wins.
+        assert_eq!(
+            client_of(ip("10.1.1.1"), &["1.2.3.4, 198.51.100.1, 10.2.2.2"], trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client_of(ip("10.1.1.1"), &["junk"], trusted), ip("10.1.1.1"));
+        assert_eq!(client_of(ip("10.1.1.1"), &["198.51.100.1"], ""), ip("10.1.1.1"), "no proxies trusted");
+    }
+
+    #[test]
+    fn credentials_never_reach_a_log() {
+        let uri: axum::http::Uri =
+            "/ws/metrics?token=eyJsecret&x=1&Ticket=abc&password=pw".parse().unwrap_or_default();
+        let shown = redacted_uri(&uri);
+        assert_eq!(shown, "/ws/metrics?token=REDACTED&x=1&Ticket=REDACTED&password=REDACTED");
+        let plain: axum::http::Uri = "/api/vms?limit=5".parse().unwrap_or_default();
+        assert_eq!(redacted_uri(&plain), "/api/vms?limit=5");
+    }
 }

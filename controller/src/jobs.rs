@@ -86,6 +86,12 @@ impl Jobs {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets the finished jobs of a user who is gone, so that no later account of the same name
+    /// reads them (running ones end on their own).
+    pub fn forget_owner(&self, owner: &str) {
+        self.table().finished.retain(|j| j.owner != owner);
+    }
+
     /// Every change to any job, as it happens.
     pub fn subscribe(&self) -> broadcast::Receiver<Job> {
         self.events.subscribe()

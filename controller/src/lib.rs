@@ -15,6 +15,7 @@ pub mod isos;
 pub mod jobs;
 pub mod metrics;
 pub mod qmp;
+pub mod quotas;
 pub mod runtime;
 pub mod server;
 pub mod snapshots;

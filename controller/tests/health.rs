@@ -27,6 +27,9 @@ async fn health_needs_no_auth_and_reports_each_check() -> TestResult {
     assert_eq!(h["checks"]["kvm"]["ok"], kvm_usable, "{h}");
     let expected = if qemu_present && kvm_usable { "healthy" } else { "degraded" };
     assert_eq!(h["status"], expected);
+    // The process runtime cannot keep NAT guests from the host's loopback, and says so.
+    assert_eq!(h["checks"]["nat_guest_isolation"]["ok"], false, "{h}");
+    assert!(h["checks"]["nat_guest_isolation"]["detail"].as_str().is_some_and(|d| d.contains("10.0.2.2")));
     for check in ["database", "qemu", "kvm", "docker"] {
         assert!(h["checks"][check]["detail"].is_string(), "{check}");
     }

@@ -372,3 +372,195 @@ async fn backup_schedules_have_a_floor() -> TestResult {
     assert_eq!(s.post(&path, &admin, json!({"cron": "*/5 * * * *", "keep": 100})).await.0, StatusCode::OK);
     Ok(())
 }
+
+/// Something of each kind a user can own: a VM, a volume, a backup and a cloud-init seed.
+async fn give_things_to(s: &TestServer, token: &str) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let (status, vm) = s.post("/api/vms", token, serde_json::from_str(SPEC)?).await;
+    assert_eq!(status, StatusCode::CREATED, "{vm}");
+    let id = vm["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let (status, vol) = s.post("/api/volumes", token, json!({"name": "data", "size_gb": 1})).await;
+    assert_eq!(status, StatusCode::CREATED, "{vol}");
+    let (status, backup) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(token), None).await;
+    assert_eq!(status, StatusCode::OK, "{backup}");
+    let (status, seed) = s.post("/api/cloudinit", token, json!({"hostname": "mine"})).await;
+    assert_eq!(status, StatusCode::OK, "{seed}");
+    Ok((id, seed["iso_path"].as_str().ok_or("seed")?.to_string()))
+}
+
+async fn owned_counts(s: &TestServer, token: &str) -> [usize; 3] {
+    let mut out = [0; 3];
+    for (i, path) in ["/api/vms", "/api/volumes", "/api/backups"].into_iter().enumerate() {
+        out[i] = s.get(path, token).await.1.as_array().map(Vec::len).unwrap_or(usize::MAX);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_deleted_users_things_go_with_them_and_no_namesake_inherits_them() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let alice = s.regular_user(&admin, "alice").await;
+    let (_, seed) = give_things_to(&s, &alice).await?;
+
+    // By default nothing is lost by mistake: the delete is refused, naming what she owns.
+    let (status, body) = s.call(Method::DELETE, "/api/auth/users/alice", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(detail(&body).contains("1 backup(s)") && detail(&body).contains("1 cloud-init"), "{body}");
+
+    // Handed over: the admin owns it all, and a new "alice" starts with nothing.
+    let (status, body) =
+        s.call(Method::DELETE, "/api/auth/users/alice?owned=hand_over", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let alice = s.regular_user(&admin, "alice").await;
+    assert_eq!(owned_counts(&s, &alice).await, [0, 0, 0]);
+    let isos = s.get("/api/isos", &alice).await.1;
+    assert!(!isos.to_string().contains(&seed), "the new alice sees the old one's seed");
+    let (_, vms) = s.get("/api/vms", &admin).await;
+    assert!(vms.as_array().is_some_and(|l| l.len() == 1 && l[0]["owner"] == "admin"), "{vms}");
+
+    // Deleted with the user: the new alice's things are gone, files too.
+    let (_, seed) = give_things_to(&s, &alice).await?;
+    let (_, vols) = s.get("/api/volumes", &alice).await;
+    let vol_path = vols[0]["path"].as_str().ok_or("path")?.to_string();
+    let (status, body) =
+        s.call(Method::DELETE, "/api/auth/users/alice?owned=delete", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!Path::new(&seed).exists() && !Path::new(&vol_path).exists(), "files left behind");
+    let alice = s.regular_user(&admin, "alice").await;
+    assert_eq!(owned_counts(&s, &alice).await, [0, 0, 0]);
+    assert_eq!(owned_counts(&s, &admin).await, [1, 1, 1], "only what was handed over before");
+    Ok(())
+}
+
+#[tokio::test]
+async fn quotas_stop_growth_everywhere_it_can_happen() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let bob = s.regular_user(&admin, "bob").await;
+    let limits =
+        json!({"max_vms": 1, "max_vcpus": 2, "max_memory_mib": 512, "max_disk_gb": 5, "max_backups": 1});
+    let (status, q) =
+        s.call(Method::PUT, "/api/auth/users/bob/quota", Some(&admin), Some(limits.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    assert_eq!(
+        s.call(Method::PUT, "/api/auth/users/bob/quota", Some(&bob), Some(limits)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let bad = json!({"max_vms": -1});
+    assert_eq!(
+        s.call(Method::PUT, "/api/auth/users/bob/quota", Some(&admin), Some(bad)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let vm = |name: &str, cpus: u32, memory: u32, disk: u32| json!({"name": name, "memory": memory, "cpus": cpus, "disk_size": disk});
+    assert_eq!(s.post("/api/vms", &bob, vm("too big", 1, 1024, 1)).await.0, StatusCode::FORBIDDEN);
+    let (status, first) = s.post("/api/vms", &bob, vm("first", 1, 256, 2)).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let id = first["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let (status, body) = s.post("/api/vms", &bob, vm("second", 1, 256, 1)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(detail(&body).starts_with("quota") && detail(&body).contains("VMs"), "{body}");
+    let path = format!("/api/vms/{id}");
+    let (status, body) = s.call(Method::PUT, &path, Some(&bob), Some(json!({"memory": 1024}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(s.call(Method::PUT, &path, Some(&bob), Some(json!({"cpus": 2}))).await.0, StatusCode::OK);
+    assert_eq!(
+        s.post(&format!("{path}/clone"), &bob, json!({"name": "copy"})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, body) = s.post("/api/volumes", &bob, json!({"name": "big", "size_gb": 4})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        s.post("/api/volumes", &bob, json!({"name": "fits", "size_gb": 3})).await.0,
+        StatusCode::CREATED
+    );
+    assert!(
+        std::fs::read_dir(s.data_dir.path().join("volumes"))?.count() == 1,
+        "a refused volume's file stays"
+    );
+
+    let backup = format!("{path}/backup");
+    assert_eq!(s.call(Method::POST, &backup, Some(&bob), None).await.0, StatusCode::OK);
+    let (status, body) = s.call(Method::POST, &backup, Some(&bob), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(detail(&body).contains("backups"), "{body}");
+    let (status, body) =
+        s.post(&format!("{path}/backup-schedule"), &bob, json!({"interval": 3600, "keep": 2})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // A restore is a new VM like any other.
+    let work = tempfile::tempdir()?;
+    let plain = work.path().join("plain.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &plain.display().to_string(), "1G"])?;
+    let (status, body) =
+        upload_restore(&s, &bob, archive_of(work.path(), &plain, serde_json::from_str(SPEC)?)?, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let (status, mine) = s.get("/api/auth/me/quota", &bob).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mine["usage"], json!({"vms": 1, "vcpus": 2, "memory_mib": 256, "disk_gb": 5, "backups": 1}));
+    // Admins are never limited, whatever they set for themselves.
+    let own = json!({"max_vms": 0});
+    assert_eq!(
+        s.call(Method::PUT, "/api/auth/users/admin/quota", Some(&admin), Some(own)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(s.post("/api/vms", &admin, vm("admins vm", 1, 256, 1)).await.0, StatusCode::CREATED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_data_directory_is_private_whatever_the_umask() -> TestResult {
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let s = TestServer::start().await;
+    nix::sys::stat::umask(previous);
+    let admin = s.admin_token().await;
+    let (_, vm) = s.post("/api/vms", &admin, serde_json::from_str(SPEC)?).await;
+    let id = vm["vm"]["id"].as_str().ok_or("id")?;
+    let (_, vol) = s.post("/api/volumes", &admin, json!({"name": "data", "size_gb": 1})).await;
+    let (_, seed) = s.post("/api/cloudinit", &admin, json!({"hostname": "private"})).await;
+    let (status, _) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let data = s.data_dir.path();
+    let backup =
+        std::fs::read_dir(data.join("backups"))?.filter_map(Result::ok).next().ok_or("backup")?.path();
+    let mode = |p: &Path| -> std::io::Result<u32> {
+        Ok(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p)?.permissions()) & 0o777)
+    };
+    for dir in ["", "vms", "volumes", "images", "backups", "cloudinit", "base", "run"] {
+        assert_eq!(mode(&data.join(dir))?, 0o700, "{dir}/");
+    }
+    for file in [
+        data.join("jwt_secret"),
+        data.join("fastvm.db"),
+        Path::new(vol["volume"]["path"].as_str().ok_or("vol")?).to_path_buf(),
+        Path::new(seed["iso_path"].as_str().ok_or("seed")?).to_path_buf(),
+        backup,
+    ] {
+        assert_eq!(mode(&file)?, 0o600, "{}", file.display());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_production_a_password_to_change_opens_nothing_else() -> TestResult {
+    let s = TestServer::start_with(|c| c.production = true).await;
+    let first = s.admin_token().await;
+    let (status, body) = s.get("/api/vms", &first).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(detail(&body).contains("change-password"), "{body}");
+    assert_eq!(s.get("/api/auth/users", &first).await.0, StatusCode::FORBIDDEN);
+    let (status, me) = s.get("/api/auth/me", &first).await;
+    assert_eq!((status, me["must_change_password"].clone()), (StatusCode::OK, json!(true)));
+    let (status, body) = s
+        .post(
+            "/api/auth/change-password",
+            &first,
+            json!({"current_password": "admin", "new_password": "a-better-one"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let admin = s.token("admin", "a-better-one").await;
+    assert_eq!(s.get("/api/vms", &admin).await.0, StatusCode::OK);
+    Ok(())
+}

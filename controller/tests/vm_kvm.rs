@@ -33,8 +33,14 @@ async fn a_kvm_vm_runs_qemu_with_kvm_enabled() -> TestResult {
     let qmp = s.data_dir.path().join("run").join(&id).join("qmp.sock");
     let kvm = controller::qmp::command(&qmp, "query-kvm", None).await?;
     assert_eq!(kvm, json!({"enabled": true, "present": true}));
+    // Resumed after set-up (not left in `prelaunch` or `paused`). Under the nested paravirtual KVM of
+    // the machines we test on, the guest's first instructions sometimes stop its vCPU at once with a
+    // KVM emulation failure (`internal-error`), which also shows it was resumed.
     let status = controller::qmp::status(&qmp).await;
-    assert_eq!(status.as_deref(), Some("running"), "resumed after set-up");
+    assert!(
+        matches!(status.as_deref(), Some("running" | "internal-error")),
+        "resumed after set-up: {status:?}"
+    );
 
     let (status, _) =
         s.call(Method::POST, &format!("/api/vms/{id}/stop?force=true"), Some(&admin), None).await;

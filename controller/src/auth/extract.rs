@@ -27,11 +27,40 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub async fn current_user(state: &AppState, username: &str) -> Option<SessionUser> {
     let name = username.to_string();
     let info = state.store.call(move |c| Ok(users::get(c, &name)?)).await.ok()??;
-    Some(SessionUser { username: info.username, is_admin: info.is_admin, jti: String::new() })
+    let user = SessionUser {
+        username: info.username,
+        is_admin: info.is_admin,
+        jti: String::new(),
+        must_change_password: info.must_change_password,
+    };
+    refuse_pending(state, &user).is_ok().then_some(user)
 }
 
-/// The signed-in user a bearer token stands for (valid signature, not expired, session not revoked).
+/// What a user who must change their password may still reach in production mode.
+const PENDING_ALLOWED: [&str; 3] = ["/api/auth/me", "/api/auth/change-password", "/api/auth/logout"];
+
+/// In production mode, a user who has not yet replaced the password an admin gave them (or
+/// admin/admin) can do nothing else.
+fn refuse_pending(state: &AppState, user: &SessionUser) -> Result<(), ApiError> {
+    if state.settings.production && user.must_change_password {
+        return Err(ApiError::Forbidden(
+            "Change your password first (POST /api/auth/change-password): this account still has the \
+             password it was given"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The signed-in user a bearer token stands for (valid signature, not expired, session not revoked),
+/// who may use the API (see `refuse_pending`).
 pub async fn session_from_token(state: &AppState, token: &str) -> Result<SessionUser, ApiError> {
+    let user = any_session(state, token).await?;
+    refuse_pending(state, &user)?;
+    Ok(user)
+}
+
+async fn any_session(state: &AppState, token: &str) -> Result<SessionUser, ApiError> {
     let claims = state
         .tokens
         .verify(token)
@@ -49,8 +78,11 @@ impl FromRequestParts<AppState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token =
             bearer(&parts.headers).ok_or_else(|| ApiError::Unauthorized("Not authenticated".into()))?;
-        let session = session_from_token(state, token).await?;
+        let session = any_session(state, token).await?;
         Audit::from_parts(parts).user(&session.username);
+        if !PENDING_ALLOWED.contains(&parts.uri.path()) {
+            refuse_pending(state, &session)?;
+        }
         Ok(AuthUser(session))
     }
 }

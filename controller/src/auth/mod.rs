@@ -1,6 +1,7 @@
 //! Authentication and user management: `/api/auth/*`.
 
 pub mod extract;
+pub mod owned;
 pub mod passwords;
 pub mod rate_limit;
 pub mod tokens;
@@ -9,7 +10,7 @@ pub mod users;
 use std::sync::LazyLock;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -105,13 +106,11 @@ async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     audit.action("auth.login").user(&req.username).target(&req.username);
-    let limiter_keys = vec![
-        format!("ip:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
-        format!("user:{}", req.username.to_lowercase()),
-    ];
+    let (address, limited_user) =
+        (ip.map(|i| i.to_string()).unwrap_or_default(), req.username.to_lowercase());
     // Counted as a failure before the password is checked, so parallel guesses cannot all slip
     // through before the first failure is recorded; forgiven below if it succeeds.
-    if let Err(retry_after_secs) = state.login_limiter.begin_attempt(&limiter_keys) {
+    if let Err(retry_after_secs) = state.login_limiter.begin_attempt(&address, &limited_user) {
         return Err(ApiError::TooManyRequests {
             detail: format!("Too many failed login attempts; try again in {retry_after_secs} s"),
             retry_after_secs,
@@ -132,7 +131,7 @@ async fn login(
     if !passwords::verify(req.password, hash, state.settings.bcrypt_cost).await? {
         return Err(ApiError::Unauthorized("Incorrect username or password".into()));
     }
-    state.login_limiter.forgive(&limiter_keys);
+    state.login_limiter.forgive(&address, &limited_user);
     let now = now_unix();
     let (token, claims) = state.tokens.issue(&req.username, is_admin, now)?;
     let username = req.username.clone();
@@ -144,6 +143,13 @@ async fn login(
         })
         .await?
         .ok_or_else(|| ApiError::Unauthorized("Incorrect username or password".into()))?;
+    if user.must_change_password && !state.settings.production {
+        tracing::warn!(
+            user = user.username,
+            "signed in with a password that must be changed; with FASTVM_PRODUCTION=1 this account could do \
+             nothing else until it is"
+        );
+    }
     Ok(Json(TokenResponse {
         access_token: token,
         token_type: "bearer".into(),
@@ -254,49 +260,63 @@ async fn create_user(
         .ok_or_else(|| ApiError::Conflict(format!("username: {} already exists", req.username)))
 }
 
-/// Delete a user (admin only). You cannot delete yourself or the last admin.
+/// Delete a user (admin only). You cannot delete yourself or the last admin. What the user owns
+/// (VMs, volumes, backups, cloud-init seeds) keeps the delete from happening unless `owned` says to
+/// delete it too or to hand it over to you.
 #[utoipa::path(delete, path = "/api/auth/users/{username}", tag = "users", security(("bearer" = [])),
-    params(("username" = String, Path, description = "User to delete")),
+    params(("username" = String, Path, description = "User to delete"), owned::DeleteUserQuery),
     responses(
         (status = 200, body = Message),
         (status = 400, description = "Yourself or the last admin", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "The user still owns VMs", body = ErrorBody),
+        (status = 409, description = "The user still owns something", body = ErrorBody),
     ))]
 async fn delete_user(
     State(state): State<AppState>,
     audit: Audit,
     AdminUser(admin): AdminUser,
     Path(username): Path<String>,
+    Query(q): Query<owned::DeleteUserQuery>,
 ) -> ApiResult<Json<Message>> {
     audit.action("user.delete").target(&username);
     if username == admin.username {
         return Err(ApiError::BadRequest("You cannot delete your own account".into()));
     }
+    let how = q.owned.unwrap_or(owned::Owned::Refuse);
+    let check = |c: &rusqlite::Connection, target: &str| -> anyhow::Result<Result<(), ApiError>> {
+        let Some(user) = users::get(c, target)? else {
+            return Ok(Err(ApiError::NotFound(format!("User {target} not found"))));
+        };
+        if user.is_admin && users::count_admins(c)? <= 1 {
+            return Ok(Err(ApiError::BadRequest("You cannot delete the last admin".into())));
+        }
+        Ok(Ok(()))
+    };
     let target = username.clone();
+    state.store.call(move |c| check(c, &target)).await??;
+    if how == owned::Owned::Delete {
+        owned::delete_all(&state, &username).await?;
+    }
+    let (target, to) = (username.clone(), admin.username.clone());
     state
         .store
         .call(move |c| {
             let tx = c.transaction()?;
-            let Some(user) = users::get(&tx, &target)? else {
-                return Ok(Err(ApiError::NotFound(format!("User {target} not found"))));
-            };
-            if user.is_admin && users::count_admins(&tx)? <= 1 {
-                return Ok(Err(ApiError::BadRequest("You cannot delete the last admin".into())));
+            if let Err(e) = check(&tx, &target)? {
+                return Ok(Err(e));
             }
-            let vms = crate::vms::store::count_owned_by(&tx, &target)?;
-            let volumes = crate::volumes::store::count_owned_by(&tx, &target)?;
-            if vms + volumes > 0 {
-                return Ok(Err(ApiError::Conflict(format!(
-                    "User {target} owns {vms} VM(s) and {volumes} volume(s): give them to another user first"
-                ))));
+            if how == owned::Owned::HandOver {
+                owned::hand_over(&tx, &target, &to)?;
+            } else if let Some(refused) = owned::refusal(&target, owned::counts(&tx, &target)?) {
+                return Ok(Err(refused));
             }
             users::delete(&tx, &target)?;
             tx.commit()?;
             Ok(Ok(()))
         })
         .await??;
+    state.jobs.forget_owner(&username);
     Ok(Message::ok(format!("User {username} deleted")))
 }

@@ -22,6 +22,9 @@ pub struct SessionUser {
     pub username: String,
     pub is_admin: bool,
     pub jti: String,
+    /// Still on a password an admin set (or admin/admin): in production mode, only signing out and
+    /// changing it are allowed.
+    pub must_change_password: bool,
 }
 
 fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserInfo> {
@@ -132,10 +135,18 @@ pub fn active_session(
     now: i64,
 ) -> rusqlite::Result<Option<SessionUser>> {
     conn.query_row(
-        "SELECT u.username, u.is_admin, s.jti FROM sessions s JOIN users u ON u.username = s.username
+        "SELECT u.username, u.is_admin, s.jti, u.must_change_password FROM sessions s
+         JOIN users u ON u.username = s.username
          WHERE s.jti = ?1 AND s.username = ?2 AND s.revoked_at IS NULL AND s.expires_at > ?3",
         params![jti, username, now],
-        |r| Ok(SessionUser { username: r.get(0)?, is_admin: r.get(1)?, jti: r.get(2)? }),
+        |r| {
+            Ok(SessionUser {
+                username: r.get(0)?,
+                is_admin: r.get(1)?,
+                jti: r.get(2)?,
+                must_change_password: r.get(3)?,
+            })
+        },
     )
     .optional()
 }

@@ -31,6 +31,7 @@ use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::jobs::Progress;
+use crate::quotas::store as quotas;
 use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
 use crate::vms::model::{VmActionResponse, VmRecord};
@@ -182,6 +183,7 @@ async fn create_backup(
 ) -> ApiResult<Json<BackupResponse>> {
     audit.action("backup.create").target(&vm_id);
     crate::vms::owned(&state, &user, &vm_id).await?;
+    state.vms.check_quota(&user.username, quotas::Usage::backups(1)).await?;
     let backup = backup_vm(&state, &vm_id, &user.username, false).await?;
     audit.details(&backup.id);
     Ok(Json(BackupResponse {
@@ -368,6 +370,23 @@ pub async fn remove(state: &AppState, backup: &Backup) -> ApiResult<()> {
     Ok(())
 }
 
+/// Removes every backup `owner` has (their account is being deleted).
+pub async fn remove_all_of(state: &AppState, owner: &str) -> ApiResult<()> {
+    let o = owner.to_string();
+    let theirs = state
+        .store
+        .call(move |c| {
+            let mut stmt = c.prepare(&format!("SELECT {SELECT} FROM backups WHERE owner = ?1"))?;
+            let rows = stmt.query_map([o], from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    for backup in &theirs {
+        remove(state, backup).await?;
+    }
+    Ok(())
+}
+
 /// Backups you may see, newest first.
 #[utoipa::path(get, path = "/api/backups", tag = "backups", security(("bearer" = [])),
     responses((status = 200, body = Vec<Backup>)))]
@@ -522,7 +541,7 @@ async fn restore(
 ) -> ApiResult<VmRecord> {
     let (staging, manifest) = extract(state, Path::new(&backup.path), progress).await?;
     if let Some(name) = new_name {
-        let spec = restored_spec(state, user, &manifest, name).await?;
+        let spec = restored_spec(state, user, &manifest, name, false).await?;
         return restore_as_new(state, user, manifest, spec, staging.path()).await;
     }
     let vm = crate::vms::owned(state, user, &manifest.vm_id).await.map_err(|_| {
@@ -619,6 +638,7 @@ async fn restored_spec(
     user: &SessionUser,
     manifest: &Manifest,
     name: String,
+    keeps_upload: bool,
 ) -> ApiResult<VmSpec> {
     let mut spec = manifest.spec.clone();
     spec.name = name;
@@ -642,6 +662,11 @@ async fn restored_spec(
     }
     state.vms.check_rules(&spec, None, &user.username, user.is_admin).await?;
     state.vms.normalize(&mut spec)?;
+    let volumes: u64 = manifest.volumes.iter().map(|v| v.size_gb).sum();
+    let need = quotas::of_vm(&spec)
+        + quotas::Usage::disk(volumes as i64)
+        + quotas::Usage::backups(i64::from(keeps_upload));
+    state.vms.check_quota(&user.username, need).await?;
     Ok(spec)
 }
 
@@ -751,7 +776,7 @@ async fn restore_upload(
     let (staging, manifest) = extract(state, upload.path(), progress).await?;
     // Checked before the upload is kept: a refused archive leaves nothing behind.
     let name = new_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| manifest.vm_name.clone());
-    let spec = restored_spec(state, user, &manifest, name).await?;
+    let spec = restored_spec(state, user, &manifest, name, true).await?;
     let id = crate::vms::manager::new_id();
     let stamp = now_unix();
     let backups_dir = state.settings.data_dir.join("backups");

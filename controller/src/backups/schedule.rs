@@ -18,6 +18,7 @@ use crate::audit::Audit;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::http::Message;
+use crate::quotas::store as quotas;
 use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
 
@@ -144,6 +145,11 @@ async fn set_schedule(
     let next = next_run(req.cron.as_deref(), req.interval, now_unix()).map_err(ApiError::BadRequest)?;
     check_spacing(req.cron.as_deref(), req.interval, state.settings.backup_min_interval, now_unix())
         .map_err(ApiError::BadRequest)?;
+    let u = user.username.clone();
+    let limit = state.store.call(move |c| Ok(quotas::limits(c, &u)?.max_backups)).await?;
+    if let Some(max) = limit.filter(|max| !user.is_admin && i64::from(req.keep) > *max) {
+        return Err(ApiError::Forbidden(format!("keep: more than the {max} backups your quota allows")));
+    }
     let (v, o) = (vm_id.clone(), user.username.clone());
     state
         .store
@@ -202,7 +208,11 @@ pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
         })
         .await?;
     for (vm_id, owner, cron, interval, keep) in due {
-        let result = backup_vm(state, &vm_id, &owner, true).await;
+        let need = quotas::Usage::backups(room_needed(state, &vm_id, keep).await);
+        let result = match state.vms.check_quota(&owner, need).await {
+            Ok(()) => backup_vm(state, &vm_id, &owner, true).await,
+            Err(e) => Err(e),
+        };
         let error = match &result {
             Ok(_) => {
                 prune(state, &vm_id, keep).await;
@@ -228,6 +238,22 @@ pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// Backups a scheduled run adds to its owner's count: none when retention will delete one as soon
+/// as it succeeds.
+async fn room_needed(state: &AppState, vm_id: &str, keep: u32) -> i64 {
+    let v = vm_id.to_string();
+    let kept: i64 = state
+        .store
+        .call(move |c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM backups WHERE vm_id = ?1 AND scheduled = 1", [v], |r| {
+                r.get(0)
+            })?)
+        })
+        .await
+        .unwrap_or(0);
+    i64::from(kept < i64::from(keep))
 }
 
 /// Deletes the VM's oldest scheduled backups beyond `keep`.

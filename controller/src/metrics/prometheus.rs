@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -64,29 +63,6 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let route = route.unwrap_or_else(|| "unmatched".into());
     state.metrics.http.record(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
-}
-
-/// Whether `ip` is in the comma-separated list of addresses and CIDR blocks.
-pub fn allowed(list: &str, ip: IpAddr) -> bool {
-    list.split(',').map(str::trim).filter(|e| !e.is_empty()).any(|entry| {
-        let (addr, bits) = match entry.split_once('/') {
-            Some((a, b)) => (a, b.parse::<u32>().ok()),
-            None => (entry, None),
-        };
-        match (addr.parse::<IpAddr>(), ip) {
-            (Ok(IpAddr::V4(net)), IpAddr::V4(ip)) => {
-                let bits = bits.unwrap_or(32).min(32);
-                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (Ok(IpAddr::V6(net)), IpAddr::V6(ip)) => {
-                let bits = bits.unwrap_or(128).min(128);
-                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    })
 }
 
 fn escape(value: &str) -> String {
@@ -214,7 +190,7 @@ pub async fn scrape(
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let from_allowed = ip.is_some_and(|ip| allowed(&state.settings.metrics_allow, ip));
+    let from_allowed = ip.is_some_and(|ip| crate::http::in_list(&state.settings.metrics_allow, ip));
     if !from_allowed {
         let token = crate::auth::extract::bearer(&headers).ok_or_else(|| {
             ApiError::Unauthorized(
@@ -231,20 +207,4 @@ pub async fn scrape(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allow_list_takes_addresses_and_blocks() {
-        let list = "127.0.0.1/8, ::1, 10.1.0.0/16";
-        assert!(allowed(list, "127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
-        assert!(allowed(list, "127.9.9.9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
-        assert!(allowed(list, "10.1.200.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
-        assert!(!allowed(list, "10.2.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))));
-        assert!(allowed(list, "::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
-        assert!(!allowed("", "127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
-    }
 }

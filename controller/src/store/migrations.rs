@@ -138,6 +138,17 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 8: per-user limits set by admins (NULL: no limit).
+    r#"
+    CREATE TABLE user_quotas (
+        username       TEXT PRIMARY KEY NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        max_vms        INTEGER,
+        max_vcpus      INTEGER,
+        max_memory_mib INTEGER,
+        max_disk_gb    INTEGER,
+        max_backups    INTEGER
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

@@ -21,3 +21,8 @@ pub fn owned_by(c: &Connection, owner: &str) -> rusqlite::Result<Vec<String>> {
     let rows = stmt.query_map([owner], |r| r.get(0))?;
     rows.collect()
 }
+
+pub fn delete(c: &Connection, name: &str) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM cloudinit_seeds WHERE name = ?1", [name])?;
+    Ok(())
+}

@@ -92,6 +92,7 @@ impl VmManager {
         }
         self.check_rules(&spec, None, owner, is_admin).await?;
         self.normalize(&mut spec)?;
+        self.check_quota(owner, crate::quotas::store::of_vm(&spec)).await?;
         let clone_id = crate::vms::manager::new_id();
         let clone_dir = self.vms_dir.join(&clone_id);
         std::fs::create_dir_all(&clone_dir).map_err(anyhow::Error::from)?;
@@ -108,10 +109,9 @@ impl VmManager {
             }
         }
         let record = VmRecord::new_stopped(clone_id, owner, spec, self.runtime.name());
-        let r = record.clone();
-        if let Err(e) = self.store.call(move |c| Ok(store::insert(c, &r)?)).await {
+        if let Err(e) = self.insert_within_quota(&record).await {
             let _ = std::fs::remove_dir_all(&clone_dir);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(record)
     }

@@ -17,6 +17,7 @@ use vmrunner::validate::{Limits, resolve_iso, validate};
 use super::model::{VmRecord, VmStatus};
 use super::store;
 use crate::error::{ApiError, ApiResult};
+use crate::quotas::store as quotas;
 use crate::runtime::{RunDirs, Runtime, StopMode, tail};
 use crate::store::{Store, now_unix};
 
@@ -300,9 +301,32 @@ impl VmManager {
         self.normalize(&mut spec)?;
         self.check_conflicts(&id, &spec).await?;
         let record = VmRecord::new_stopped(id, owner, spec, self.runtime.name());
-        let r = record.clone();
-        self.store.call(move |c| Ok(store::insert(c, &r)?)).await.map_err(unique_to_conflict)?;
+        self.insert_within_quota(&record).await?;
         Ok(record)
+    }
+
+    /// Refuses (403) what would take `user` past their quota; for operations whose write comes later.
+    pub async fn check_quota(&self, user: &str, need: quotas::Usage) -> ApiResult<()> {
+        let u = user.to_string();
+        quotas::refuse(self.store.call(move |c| Ok(quotas::exceeded(c, &u, need, None)?)).await?)
+    }
+
+    /// Records a new VM, unless its owner's quota has no room for it (checked in the same database
+    /// step, so two creates cannot both take the last place).
+    pub async fn insert_within_quota(&self, record: &VmRecord) -> ApiResult<()> {
+        let (r, need) = (record.clone(), quotas::of_vm(&record.spec));
+        let refused = self
+            .store
+            .call(move |c| {
+                if let Some(why) = quotas::exceeded(c, &r.owner, need, None)? {
+                    return Ok(Some(why));
+                }
+                store::insert(c, &r)?;
+                Ok(None)
+            })
+            .await
+            .map_err(unique_to_conflict)?;
+        quotas::refuse(refused)
     }
 
     /// Applies `changes` (fields of the spec, as JSON) and maybe a new owner to a stopped VM. The
@@ -339,11 +363,23 @@ impl VmManager {
             crate::storage::grow_image(&self.qemu_img, &disk, spec.disk_size).await?;
         }
         let owner = owner.unwrap_or(current.owner);
+        // A regular user's edit may not grow the VM past their quota (an admin's may).
+        let growth =
+            (!is_admin).then(|| quotas::Usage::growth(quotas::of_vm(&spec), quotas::of_vm(&current.spec)));
         let (i, s) = (id.to_string(), spec);
-        self.store
-            .call(move |c| Ok(store::update_spec(c, &i, &s, &owner, now_unix())?))
+        let refused = self
+            .store
+            .call(move |c| {
+                if let Some(why) = growth.map(|g| quotas::exceeded(c, &owner, g, None)).transpose()?.flatten()
+                {
+                    return Ok(Some(why));
+                }
+                store::update_spec(c, &i, &s, &owner, now_unix())?;
+                Ok(None)
+            })
             .await
             .map_err(unique_to_conflict)?;
+        quotas::refuse(refused)?;
         self.get(id).await
     }
 

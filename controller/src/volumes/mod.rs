@@ -102,10 +102,22 @@ async fn create_volume(
     let inserted = state
         .store
         .call(move |c| {
+            let need = crate::quotas::store::Usage::disk(req.size_gb as i64);
+            if let Some(why) = crate::quotas::store::exceeded(c, &owner, need, None)? {
+                return Ok(Err(why));
+            }
             store::insert(c, &i, &name, &owner, req.size_gb, req.format, &p, now_unix())?;
-            Ok(store::get(c, &i)?)
+            Ok(Ok(store::get(c, &i)?))
         })
         .await;
+    let inserted = match inserted {
+        Ok(Err(why)) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(ApiError::Forbidden(why));
+        }
+        Ok(Ok(v)) => Ok(v),
+        Err(e) => Err(e),
+    };
     let volume = match inserted {
         Ok(Some(v)) => v,
         other => {
