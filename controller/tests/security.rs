@@ -564,3 +564,80 @@ async fn in_production_a_password_to_change_opens_nothing_else() -> TestResult {
     assert_eq!(s.get("/api/vms", &admin).await.0, StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_iso_upload_larger_than_allowed_is_refused_before_it_is_received() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.max_iso_gb = 1).await;
+    let admin = s.admin_token().await;
+    // Announces 2 GB and sends almost nothing: the answer comes from the announcement alone.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await?;
+    let head = format!(
+        "POST /api/isos HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n--B\r\n",
+        2u64 << 30
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("FASTVM_MAX_ISO_GB"), "{answer}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_upload_writes_nothing() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let bob = s.regular_user(&admin, "bob").await;
+    // An archive of the old layout (manifest last, no index) whose disk member is 1 GiB of zeros
+    // while its manifest says 4 KiB: a few hundred kilobytes on the wire.
+    let manifest = json!({"format": archive::FORMAT, "vm_id": "0123456789ab", "vm_name": "bomb",
+        "spec": serde_json::from_str::<Value>(SPEC)?, "created_at": 0,
+        "members": [{"name": "disk0.qcow2", "size": 4096, "sha256": "0".repeat(64)}]});
+    let mut tar = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3)?);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1 << 30);
+    header.set_mode(0o600);
+    tar.append_data(&mut header, "disk0.qcow2", std::io::Read::take(std::io::repeat(0), 1 << 30))?;
+    let bytes = serde_json::to_vec(&manifest)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o600);
+    tar.append_data(&mut header, "manifest.json", bytes.as_slice())?;
+    let bomb = tar.into_inner()?.finish()?;
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+
+    let watch = s.data_dir.path().join("vms");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (p, w) = (peak.clone(), watch.clone());
+    let watcher = tokio::spawn(async move {
+        loop {
+            p.fetch_max(bytes_under(&w), std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let (status, body) = upload_restore(&s, &bob, bomb, None).await;
+    watcher.abort();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(detail(&body).contains("not the size"), "{body}");
+    assert_eq!(
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "bytes were written while the bomb was read"
+    );
+    assert_eq!(s.get("/api/backups", &bob).await.1, json!([]));
+    Ok(())
+}
+
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { bytes_under(&p) } else { std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) }
+        })
+        .sum()
+}
