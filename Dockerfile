@@ -25,12 +25,20 @@ EXPOSE 8000
 ENTRYPOINT ["/usr/local/bin/fastvm"]
 CMD ["serve"]
 
+FROM node:20-bookworm-slim AS dashboard
+WORKDIR /src/frontend
+COPY frontend/package.json frontend/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY frontend/build.mjs ./
+COPY frontend/src src
+RUN npm run build
+
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY controller controller
 COPY vmrunner vmrunner
-COPY frontend/public frontend/public
+COPY --from=dashboard /src/frontend/dist frontend/dist
 COPY openapi openapi
 RUN cargo build --release --locked --bin fastvm --bin vmrunner
 

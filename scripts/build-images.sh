@@ -44,6 +44,8 @@ flag=""
 [ "$profile" = release ] && flag=--release
 bins=(--bin vmrunner)
 [ "$controller" = 1 ] && bins+=(--bin fastvm)
+# The controller embeds the dashboard.
+[ "$controller" = 1 ] && ensure_dashboard
 log "cargo build $flag ${bins[*]}"
 cargo build -q $flag "${bins[@]}"
 rm -rf dist && mkdir -p dist

@@ -69,3 +69,38 @@ ensure_dockerd() {
   log "dockerd did not come up; see /var/log/fastvm-dockerd.log"
   return 1
 }
+
+# Node.js 20 or newer for the dashboard's build (Tailwind v4 needs it).
+ensure_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    ensure_packages nodejs npm
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -lt 20 ]; then
+    log "Node.js $(node --version 2>/dev/null) is too old for the dashboard's build: install Node.js 20 or newer"
+    return 1
+  fi
+}
+
+# Builds the dashboard (frontend/dist, which the controller embeds) when it is missing or older than
+# its sources; a fresh clone installs its npm packages first, exactly as the lock file names them.
+ensure_dashboard() {
+  local stamp=frontend/dist/index.html
+  if [ -f "$stamp" ] && [ -z "$(find frontend/src frontend/build.mjs frontend/package.json \
+      frontend/package-lock.json -newer "$stamp" 2>/dev/null | head -n1)" ]; then
+    return 0
+  fi
+  ensure_node
+  log "building the dashboard (npm ci && npm run build)"
+  (cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run build)
+}
+
+# Debian's Chromium, which the browser tests drive headless.
+ensure_chromium() {
+  ensure_packages chromium
+  if [ ! -x /usr/bin/chromium ]; then
+    log "still missing after installing chromium: /usr/bin/chromium"
+    return 1
+  fi
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up everything the test suite needs (QEMU, OVMF, swtpm, a running Docker engine) and runs it:
-# formatting, clippy, then every test. Ends with a one-line summary.
+# Sets up everything the test suite needs (QEMU, OVMF, swtpm, a running Docker engine, Chromium, the
+# dashboard's build) and runs it: formatting, clippy, every cargo test, then the browser tests. Ends
+# with a one-line summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/.."
 ensure_vm_tools
 ensure_dockerd
 ensure_rust
+ensure_chromium
+ensure_dashboard
 # The tiny guest every end-to-end test boots; rebuilt only when its inputs change.
 export FASTVM_TEST_GUEST_ISO="${FASTVM_TEST_GUEST_ISO:-/var/cache/fastvm/guest/fastvm-test-guest.iso}"
 log "test guest ISO ($FASTVM_TEST_GUEST_ISO)"
@@ -30,8 +33,23 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$out" || status=$?
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$out" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
 ignored=$(grep -Eo '[0-9]+ ignored;' "$out" | awk '{s+=$1} END {print s+0}')
+
+# The dashboard in Chromium, against the debug binaries cargo test built; screenshots of every view.
+log "browser tests (node --test frontend/tests)"
+export FASTVM_SCREENSHOTS="${FASTVM_SCREENSHOTS:-$PWD/target/screenshots}"
+ui=$(mktemp)
+trap 'rm -f "$out" "$ui"' EXIT
+ui_status=0
+cargo build -q --bin fastvm --bin vmrunner
+(cd frontend && node --test --test-reporter=tap tests/) 2>&1 | tee "$ui" || ui_status=$?
+ui_passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$ui" | tail -n1)
+ui_failed=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$ui" | tail -n1)
+echo "browser screenshots: $FASTVM_SCREENSHOTS"
+
+passed=$((passed + ${ui_passed:-0}))
+failed=$((failed + ${ui_failed:-0}))
 echo
 echo "Summary: ${passed} passed, ${failed} failed, ${ignored} skipped"
-if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then
+if [ "$status" -ne 0 ] || [ "$ui_status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ] || [ -z "$ui_passed" ]; then
   exit 1
 fi

@@ -1,0 +1,50 @@
+// One build step: bundles src/main.js (esbuild) and src/styles.css (Tailwind) into hashed, minified
+// files under dist/assets, writes dist/index.html naming them, and stores gzip and brotli copies next
+// to each file so the controller serves them compressed without compressing on every request.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { brotliCompressSync, constants, gzipSync } from 'node:zlib';
+import * as esbuild from 'esbuild';
+
+const dist = 'dist';
+const assets = join(dist, 'assets');
+rmSync(dist, { recursive: true, force: true });
+mkdirSync(assets, { recursive: true });
+
+const js = await esbuild.build({
+  entryPoints: ['src/main.js'],
+  bundle: true,
+  minify: true,
+  format: 'esm',
+  target: 'es2020',
+  entryNames: 'app-[hash]',
+  outdir: assets,
+  metafile: true,
+  legalComments: 'none',
+});
+const jsName = basename(Object.keys(js.metafile.outputs).find((f) => f.endsWith('.js')));
+
+const tmpCss = join(dist, 'app.css');
+execFileSync(join('node_modules', '.bin', 'tailwindcss'), ['-i', 'src/styles.css', '-o', tmpCss, '--minify'], {
+  stdio: ['ignore', 'ignore', 'inherit'],
+});
+const css = readFileSync(tmpCss);
+rmSync(tmpCss);
+const cssName = 'app-' + createHash('sha256').update(css).digest('hex').slice(0, 8).toUpperCase() + '.css';
+writeFileSync(join(assets, cssName), css);
+
+const html = readFileSync('src/index.html', 'utf8').replace('@CSS@', cssName).replace('@JS@', jsName);
+writeFileSync(join(dist, 'index.html'), html);
+
+let gzipTotal = 0;
+const files = [join(dist, 'index.html'), ...readdirSync(assets).map((f) => join(assets, f))];
+for (const file of files) {
+  const data = readFileSync(file);
+  const gz = gzipSync(data, { level: 9 });
+  writeFileSync(file + '.gz', gz);
+  writeFileSync(file + '.br', brotliCompressSync(data, { params: { [constants.BROTLI_PARAM_QUALITY]: 11 } }));
+  if (!file.endsWith('.html')) gzipTotal += gz.length;
+}
+console.log(`dashboard built: ${jsName}, ${cssName}; JS+CSS ${(gzipTotal / 1024).toFixed(1)} KB gzip`);

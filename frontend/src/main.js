@@ -1,0 +1,38 @@
+// Entry point: one Alpine component made of the domain modules, started under the CSP build (no eval).
+
+import Alpine from '@alpinejs/csp';
+import { whenSignedOut } from './api.js';
+import { auth } from './auth.js';
+import { shell } from './shell.js';
+import { vms } from './vms.js';
+
+/** Merges parts keeping their getters and methods as they are (a spread would evaluate getters). */
+function compose(...parts) {
+  const target = {};
+  for (const part of parts) Object.defineProperties(target, Object.getOwnPropertyDescriptors(part));
+  return target;
+}
+
+Alpine.data('app', () =>
+  compose(shell(), auth(), vms(), {
+    async init() {
+      this.initShell();
+      whenSignedOut((message) => this.signedOut(message));
+      window.addEventListener('keydown', (e) => {
+        if (e.key === 'Escape') {
+          this.confirming = null;
+          this.createOpen = false;
+        }
+      });
+      await this.loadUser();
+      this.afterLogin();
+    },
+
+    afterLogin() {
+      if (this.ready()) this.startDashboard();
+    },
+  }),
+);
+
+window.Alpine = Alpine;
+Alpine.start();

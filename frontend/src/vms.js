@@ -1,0 +1,250 @@
+// The dashboard: stat cards, host bars, and a card per VM with its quick actions; kept live by the
+// metrics push (or a 10 s refresh while the push is down).
+
+import { del, get, post } from './api.js';
+import { connectLive } from './live.js';
+
+const POLL_MS = 10000;
+const GIB = 1024 * 1024 * 1024;
+
+function percent(x) {
+  return Math.round(Number(x) || 0) + '%';
+}
+
+export function vms() {
+  return {
+    vms: [],
+    host: null,
+    vmMetrics: {},
+    volumeCount: 0,
+    search: '',
+    stateFilter: 'all',
+    liveMode: 'connecting',
+    live: null,
+    poller: null,
+    working: {},
+    confirming: null,
+    createOpen: false,
+    createForm: null,
+    createError: '',
+    isos: [],
+
+    startDashboard() {
+      this.refresh();
+      this.live = connectLive({
+        ticket: async () => (await get('/api/metrics/ticket')).ticket,
+        onMessage: (m) => this.onLive(m),
+        onMode: (mode) => this.setLiveMode(mode),
+      });
+    },
+
+    stopLive() {
+      if (this.live) this.live.close();
+      this.live = null;
+      clearInterval(this.poller);
+      this.poller = null;
+    },
+
+    setLiveMode(mode) {
+      this.liveMode = mode;
+      clearInterval(this.poller);
+      this.poller = null;
+      if (mode === 'polling') {
+        this.poller = setInterval(() => this.refresh(), POLL_MS);
+      } else {
+        this.refresh();
+      }
+    },
+
+    liveLabel() {
+      return { live: 'Live', polling: 'Refreshing every 10 s', connecting: 'Connecting…' }[this.liveMode];
+    },
+
+    liveClass() {
+      return this.liveMode === 'live' ? 'dot dot-running' : 'dot dot-stopped';
+    },
+
+    async refresh() {
+      try {
+        const [list, host, volumes] = await Promise.all([
+          get('/api/vms'),
+          get('/api/system/metrics'),
+          get('/api/volumes'),
+        ]);
+        this.vms = list;
+        this.host = host;
+        this.volumeCount = volumes.length;
+      } catch (e) {
+        if (e.status !== 401) this.toast('error', 'Refreshing: ' + e.message);
+      }
+    },
+
+    onLive(m) {
+      if (m.type === 'snapshot' || m.type === 'metrics') {
+        if (m.host) this.host = Object.assign({}, this.host || {}, m.host);
+        const byId = {};
+        for (const v of m.vms || []) byId[v.vm_id] = v;
+        this.vmMetrics = byId;
+      } else if (m.type === 'vm_state') {
+        const vm = this.vms.find((v) => v.id === m.vm_id);
+        if (m.event === 'deleted') {
+          this.vms = this.vms.filter((v) => v.id !== m.vm_id);
+        } else if (vm) {
+          vm.status = m.status;
+          vm.last_error = m.last_error;
+        } else {
+          this.refresh();
+        }
+      }
+    },
+
+    counts() {
+      const running = this.vms.filter((v) => v.status === 'running').length;
+      return { total: this.vms.length, running, stopped: this.vms.length - running, volumes: this.volumeCount };
+    },
+
+    filteredVms() {
+      const q = this.search.trim().toLowerCase();
+      return this.vms
+        .filter((v) => this.stateFilter === 'all' || v.status === this.stateFilter)
+        .filter((v) => !q || v.name.toLowerCase().includes(q))
+        .sort((a, b) => a.name.localeCompare(b.name));
+    },
+
+    hostBar(kind) {
+      const h = this.host;
+      if (!h) return { label: '—', width: 'width: 0%' };
+      const value = { cpu: h.cpu_percent, memory: h.memory_percent, disk: h.disk_percent }[kind];
+      return { label: percent(value), width: 'width: ' + Math.min(100, Number(value) || 0) + '%' };
+    },
+
+    hostDetail(kind) {
+      const h = this.host;
+      if (!h) return '';
+      if (kind === 'memory') return h.memory_used_gb.toFixed(1) + ' / ' + h.memory_total_gb.toFixed(1) + ' GB';
+      if (kind === 'disk') return h.disk_used_gb.toFixed(0) + ' / ' + h.disk_total_gb.toFixed(0) + ' GB';
+      return (h.cpu_per_core || []).length + ' cores';
+    },
+
+    statusClass(vm) {
+      return vm.status === 'running' ? 'dot dot-running' : vm.last_error ? 'dot dot-error' : 'dot dot-stopped';
+    },
+
+    usage(vm) {
+      const m = this.vmMetrics[vm.id];
+      if (!m || vm.status !== 'running') return '';
+      return 'CPU ' + percent(m.cpu_percent) + ' · RAM ' + (m.memory_bytes / GIB).toFixed(2) + ' GB';
+    },
+
+    addresses(vm) {
+      return (vm.ip_addresses || []).join(', ');
+    },
+
+    isRunning(vm) {
+      return vm.status === 'running';
+    },
+
+    isWorking(vm) {
+      return Boolean(this.working[vm.id]);
+    },
+
+    async act(vm, what, path, done) {
+      this.working = Object.assign({}, this.working, { [vm.id]: what });
+      try {
+        const answer = await post(path);
+        if (answer && answer.vm) Object.assign(vm, answer.vm);
+        this.toast('ok', done);
+      } catch (e) {
+        this.toast('error', vm.name + ': ' + e.message);
+      } finally {
+        const w = Object.assign({}, this.working);
+        delete w[vm.id];
+        this.working = w;
+      }
+    },
+
+    startVm(vm) {
+      return this.act(vm, 'start', '/api/vms/' + vm.id + '/start', vm.name + ' started');
+    },
+
+    stopVm(vm) {
+      return this.act(vm, 'stop', '/api/vms/' + vm.id + '/stop', vm.name + ' stopped');
+    },
+
+    forceStopVm(vm) {
+      return this.act(vm, 'stop', '/api/vms/' + vm.id + '/stop?force=true', vm.name + ' stopped');
+    },
+
+    restartVm(vm) {
+      return this.act(vm, 'restart', '/api/vms/' + vm.id + '/restart', vm.name + ' restarted');
+    },
+
+    askDelete(vm) {
+      this.confirming = vm;
+    },
+
+    confirmText() {
+      return this.confirming ? 'Delete ' + this.confirming.name + ' with its disk? This cannot be undone.' : '';
+    },
+
+    cancelConfirm() {
+      this.confirming = null;
+    },
+
+    async confirmDelete() {
+      const vm = this.confirming;
+      this.confirming = null;
+      this.working = Object.assign({}, this.working, { [vm.id]: 'delete' });
+      try {
+        await del('/api/vms/' + vm.id + (vm.status === 'running' ? '?force=true' : ''));
+        this.vms = this.vms.filter((v) => v.id !== vm.id);
+        this.toast('ok', vm.name + ' deleted');
+      } catch (e) {
+        this.toast('error', vm.name + ': ' + e.message);
+      }
+    },
+
+    async openCreate() {
+      this.createForm = { name: '', memory: 2048, cpus: 1, disk_size: 20, iso_path: '', firmware: 'uefi' };
+      this.createError = '';
+      this.createOpen = true;
+      try {
+        this.isos = await get('/api/isos');
+      } catch {
+        this.isos = [];
+      }
+    },
+
+    closeCreate() {
+      this.createOpen = false;
+    },
+
+    async createVm() {
+      const f = this.createForm;
+      const spec = {
+        name: f.name,
+        memory: Number(f.memory),
+        cpus: Number(f.cpus),
+        disk_size: Number(f.disk_size),
+        firmware: f.firmware,
+      };
+      if (f.iso_path) {
+        spec.iso_path = f.iso_path;
+        spec.boot_order = ['cdrom', 'disk'];
+      }
+      this.busy = 'create';
+      this.createError = '';
+      try {
+        const answer = await post('/api/vms', spec);
+        this.vms.push(answer.vm);
+        this.createOpen = false;
+        this.toast('ok', answer.vm.name + ' created');
+      } catch (e) {
+        // The form keeps what was typed; the message names the field.
+        this.createError = e.message;
+      } finally {
+        this.busy = '';
+      }
+    },
+  };
+}

@@ -1,0 +1,217 @@
+// The dashboard in a real Chromium (Debian's, driven by playwright-core) against the real fastvm
+// binary and QEMU, in production mode (strict CSP). Fails on any page error, CSP violation or request
+// to another host. Screenshots go to $FASTVM_SCREENSHOTS (default: frontend/screenshots).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { after, before, test } from 'node:test';
+import { chromium } from 'playwright-core';
+
+const root = resolve(import.meta.dirname, '..', '..');
+const fastvm = join(root, 'target', 'debug', 'fastvm');
+const vmrunner = join(root, 'target', 'debug', 'vmrunner');
+const guestIso = process.env.FASTVM_TEST_GUEST_ISO || '/var/cache/fastvm/guest/fastvm-test-guest.iso';
+const shots = process.env.FASTVM_SCREENSHOTS || join(root, 'frontend', 'screenshots');
+const CHROMIUM_FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+let server;
+let base;
+let browser;
+let dataDir;
+const problems = [];
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.once('error', fail);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+async function api(method, path, token, body) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = 'Bearer ' + token;
+  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+async function tokenOf(username, password) {
+  const r = await api('POST', '/api/auth/login', null, { username, password });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body.access_token;
+}
+
+before(async () => {
+  for (const [what, path] of [['fastvm', fastvm], ['vmrunner', vmrunner], ['chromium', '/usr/bin/chromium'], ['the test guest ISO', guestIso]]) {
+    assert.ok(existsSync(path), `${what} missing at ${path} (scripts/test.sh builds and installs it)`);
+  }
+  mkdirSync(shots, { recursive: true });
+  dataDir = mkdtempSync(join(tmpdir(), 'fastvm-ui-'));
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  server = spawn(fastvm, ['serve'], {
+    env: {
+      ...process.env,
+      FASTVM_LISTEN: `127.0.0.1:${port}`,
+      FASTVM_DATA_DIR: dataDir,
+      FASTVM_RUN_DIR: join(dataDir, 'r'),
+      FASTVM_PRODUCTION: '1',
+      FASTVM_BCRYPT_COST: '4',
+      FASTVM_LOGIN_RATE_LIMIT: 'off',
+      FASTVM_ACCEL: 'tcg',
+      FASTVM_ISO_DIRS: dirname(guestIso),
+      FASTVM_PORT_FORWARD_BIND: '127.0.0.1',
+      FASTVM_VMRUNNER: vmrunner,
+      FASTVM_METRICS_INTERVAL: '2',
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  for (let i = 0; ; i++) {
+    try {
+      if ((await fetch(base + '/api/health')).ok) break;
+    } catch {
+      // not listening yet
+    }
+    assert.ok(i < 100, 'fastvm did not start');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_FLAGS });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('exit', r));
+  }
+  // VMs this test started end with the server's data: force-stop what may still run.
+  spawn('pkill', ['-f', dataDir]).once('exit', () => rmSync(dataDir, { recursive: true, force: true }));
+});
+
+/** A page that records every problem: page errors, CSP violations, requests to other hosts. */
+async function watchedPage(viewport) {
+  const context = await browser.newContext({ viewport });
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation: ' + e.violatedDirective));
+  });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => problems.push('page error: ' + e.message));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy|CSP violation/.test(m.text())) problems.push(m.text());
+  });
+  page.on('request', (r) => {
+    const url = new URL(r.url());
+    if (!['http:', 'ws:'].includes(url.protocol) || url.host !== new URL(base).host) {
+      if (url.protocol !== 'data:') problems.push('request to another host: ' + r.url());
+    }
+  });
+  return page;
+}
+
+async function shoot(page, name) {
+  await page.screenshot({ path: join(shots, name + '.png'), fullPage: true });
+}
+
+async function setTheme(page, theme) {
+  const dark = await page.evaluate(() => document.documentElement.classList.contains('dark'));
+  if ((theme === 'dark') !== dark) await page.getByRole('button', { name: /theme/ }).click();
+}
+
+test('an admin signs in, changes the password, creates, starts, watches and deletes a VM', async () => {
+  const page = await watchedPage({ width: 1280, height: 800 });
+  await page.goto(base + '/');
+  await shoot(page, 'login');
+  await page.getByLabel('Username').fill('admin');
+  await page.getByLabel('Password').fill('admin');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+
+  await page.getByRole('heading', { name: 'Choose a new password' }).waitFor();
+  await shoot(page, 'change-password');
+  await page.getByLabel('Current password').fill('admin');
+  await page.getByLabel('New password', { exact: true }).fill('browser-pass-1');
+  await page.getByLabel('New password again').fill('browser-pass-1');
+  await page.getByRole('button', { name: 'Change password' }).click();
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+  const token = await tokenOf('admin', 'browser-pass-1');
+  assert.equal((await api('GET', '/api/auth/me', token)).body.must_change_password, false);
+
+  // Create through the form; a bad value shows the server's message and keeps what was typed.
+  await page.getByRole('button', { name: 'New VM' }).click();
+  await page.getByLabel('Name').fill('browser/vm');
+  await page.getByLabel('Memory (MiB)').fill('256');
+  await page.getByRole('button', { name: 'Create' }).click();
+  await page.getByRole('alert').filter({ hasText: 'name' }).waitFor();
+  await shoot(page, 'create-error');
+  assert.equal(await page.getByLabel('Memory (MiB)').inputValue(), '256', 'the form keeps what was typed');
+  await page.getByLabel('Name').fill('browser vm');
+  await page.getByLabel('Disk (GB)').fill('1');
+  await page.getByLabel('Boot ISO').selectOption({ label: 'fastvm-test-guest.iso' });
+  await page.getByLabel('Firmware').selectOption('bios');
+  await page.getByRole('button', { name: 'Create' }).click();
+  const card = page.locator('article[data-vm="browser vm"]');
+  await card.waitFor();
+  const vms = (await api('GET', '/api/vms', token)).body;
+  const vm = vms.find((v) => v.name === 'browser vm');
+  assert.ok(vm, 'the API has the VM');
+  assert.equal(vm.iso_path, guestIso);
+
+  await card.getByRole('button', { name: 'Start' }).click();
+  await card.getByTestId('status').filter({ hasText: 'running' }).waitFor({ timeout: 60000 });
+  await page.getByTestId('live-mode').filter({ hasText: 'Live' }).waitFor();
+  assert.equal(await page.getByTestId('count-running').textContent(), '1');
+  // Stopped behind the page's back: the push tells it, with no reload.
+  assert.equal((await api('POST', `/api/vms/${vm.id}/stop?force=true`, token)).status, 200);
+  await card.getByTestId('status').filter({ hasText: 'stopped' }).waitFor({ timeout: 10000 });
+  assert.equal(await page.getByTestId('count-running').textContent(), '0');
+
+  for (const theme of ['dark', 'light']) {
+    await setTheme(page, theme);
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await shoot(page, `dashboard-${theme}-desktop`);
+    await page.setViewportSize({ width: 390, height: 844 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+    assert.equal(overflow, false, `horizontal scrolling at 390 px (${theme})`);
+    await shoot(page, `dashboard-${theme}-390`);
+  }
+  await setTheme(page, 'dark');
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  await card.getByRole('button', { name: 'Delete' }).click();
+  await page.getByText('Delete browser vm with its disk?').waitFor();
+  await shoot(page, 'confirm-delete');
+  await page.getByRole('alertdialog').getByRole('button', { name: 'Delete' }).click();
+  await card.waitFor({ state: 'detached' });
+  assert.equal((await api('GET', `/api/vms/${vm.id}`, token)).status, 404);
+  assert.deepEqual(problems, []);
+});
+
+test('a regular user sees neither Users nor Audit, nor other users\' VMs', async () => {
+  const admin = await tokenOf('admin', 'browser-pass-1');
+  assert.equal((await api('POST', '/api/auth/users', admin, { username: 'carol', password: 'carol-pass-1', is_admin: false })).status, 201);
+  assert.equal((await api('POST', '/api/vms', admin, { name: 'admins vm', memory: 256, cpus: 1, disk_size: 1 })).status, 201);
+  const carol = await tokenOf('carol', 'carol-pass-1');
+  assert.equal((await api('POST', '/api/vms', carol, { name: 'carols vm', memory: 256, cpus: 1, disk_size: 1 })).status, 201);
+
+  const page = await watchedPage({ width: 1280, height: 800 });
+  await page.goto(base + '/');
+  await page.getByLabel('Username').fill('carol');
+  await page.getByLabel('Password').fill('carol-pass-1');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+  await page.locator('article[data-vm="carols vm"]').waitFor();
+  assert.equal(await page.locator('article[data-vm="admins vm"]').count(), 0);
+  assert.equal(await page.getByRole('link', { name: 'Users' }).count(), 0);
+  assert.equal(await page.getByRole('link', { name: 'Audit' }).count(), 0);
+  await page.goto(base + '/#/users');
+  await page.getByText('This view is for admins only.').waitFor();
+  await shoot(page, 'regular-user-admin-view');
+  assert.deepEqual(problems, []);
+});
