@@ -4,6 +4,7 @@ import Alpine from '@alpinejs/csp';
 import { whenSignedOut } from './api.js';
 import { auth } from './auth.js';
 import { shell } from './shell.js';
+import { vmPage } from './vm.js';
 import { vms } from './vms.js';
 
 /** Merges parts keeping their getters and methods as they are (a spread would evaluate getters). */
@@ -14,7 +15,7 @@ function compose(...parts) {
 }
 
 Alpine.data('app', () =>
-  compose(shell(), auth(), vms(), {
+  compose(shell(), auth(), vms(), vmPage(), {
     async init() {
       this.initShell();
       whenSignedOut((message) => this.signedOut(message));
@@ -24,12 +25,20 @@ Alpine.data('app', () =>
           this.createOpen = false;
         }
       });
+      window.addEventListener('hashchange', () => this.onRoute());
       await this.loadUser();
       this.afterLogin();
     },
 
+    onRoute() {
+      if (this.ready() && this.route === 'vm') this.openVmPage();
+    },
+
     afterLogin() {
-      if (this.ready()) this.startDashboard();
+      if (this.ready()) {
+        this.startDashboard();
+        this.onRoute();
+      }
     },
   }),
 );

@@ -167,6 +167,27 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await card.getByTestId('status').filter({ hasText: 'running' }).waitFor({ timeout: 60000 });
   await page.getByTestId('live-mode').filter({ hasText: 'Live' }).waitFor();
   assert.equal(await page.getByTestId('count-running').textContent(), '1');
+
+  // Its page: the guest's serial output shows it booted; a snapshot of the running guest (with RAM).
+  await card.getByRole('link', { name: 'browser vm' }).click();
+  await page.getByTestId('vm-name').filter({ hasText: 'browser vm' }).waitFor();
+  const deadline = Date.now() + 180000;
+  while (!(await page.getByTestId('serial-log').textContent()).includes('FASTVM-GUEST-READY')) {
+    assert.ok(Date.now() < deadline, 'the serial log view never showed FASTVM-GUEST-READY');
+    await page.waitForTimeout(2000);
+    await page.getByRole('button', { name: 'Refresh' }).click();
+  }
+  await page.getByLabel('Snapshot name').fill('first');
+  await page.getByRole('button', { name: 'Take snapshot' }).click();
+  await page.locator('li[data-snapshot="first"]').getByText('with RAM').waitFor({ timeout: 120000 });
+  const snaps = (await api('GET', `/api/vms/${vm.id}/snapshots`, token)).body;
+  assert.deepEqual(snaps.map((x) => [x.name, x.vm_state]), [['first', true]]);
+  for (const theme of ['dark', 'light']) {
+    await setTheme(page, theme);
+    await shoot(page, `vm-page-${theme}-desktop`);
+  }
+  await setTheme(page, 'dark');
+  await page.getByRole('link', { name: 'Dashboard' }).click();
   // Stopped behind the page's back: the push tells it, with no reload.
   assert.equal((await api('POST', `/api/vms/${vm.id}/stop?force=true`, token)).status, 200);
   await card.getByTestId('status').filter({ hasText: 'stopped' }).waitFor({ timeout: 10000 });
