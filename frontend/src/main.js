@@ -3,9 +3,12 @@
 import Alpine from '@alpinejs/csp';
 import { whenSignedOut } from './api.js';
 import { auth } from './auth.js';
+import { backups } from './backups.js';
+import { isos } from './isos.js';
 import { shell } from './shell.js';
 import { vmPage } from './vm.js';
 import { vms } from './vms.js';
+import { volumes } from './volumes.js';
 
 /** Merges parts keeping their getters and methods as they are (a spread would evaluate getters). */
 function compose(...parts) {
@@ -15,7 +18,7 @@ function compose(...parts) {
 }
 
 Alpine.data('app', () =>
-  compose(shell(), auth(), vms(), vmPage(), {
+  compose(shell(), auth(), vms(), vmPage(), volumes(), isos(), backups(), {
     async init() {
       this.initShell();
       whenSignedOut((message) => this.signedOut(message));
@@ -30,8 +33,11 @@ Alpine.data('app', () =>
       this.afterLogin();
     },
 
+    /** Loads what the view the URL names shows. */
     onRoute() {
-      if (this.ready() && this.route === 'vm') this.openVmPage();
+      if (!this.ready()) return;
+      const open = { vm: 'openVmPage', volumes: 'openVolumes', isos: 'openIsos', backups: 'openBackups' }[this.route];
+      if (open) this[open]();
     },
 
     afterLogin() {

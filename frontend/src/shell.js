@@ -32,6 +32,11 @@ export function shell() {
       return titles[this.route] || 'Fast VM';
     },
 
+    /** Views still to come (Monitoring, Users, Audit for admins). */
+    placeholderRoute() {
+      return ['monitoring', 'users', 'audit'].includes(this.route) && !this.adminOnlyRoute();
+    },
+
     isRoute(name) {
       return this.route === name;
     },
@@ -60,7 +65,8 @@ export function shell() {
 
     toast(kind, text) {
       const id = this.nextToast++;
-      this.toasts.push({ id, kind, text });
+      // A burst of actions keeps the newest few on screen.
+      this.toasts = this.toasts.slice(-3).concat([{ id, kind, text }]);
       setTimeout(() => this.dismiss(id), kind === 'error' ? 8000 : 4000);
     },
 

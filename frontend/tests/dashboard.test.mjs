@@ -236,3 +236,74 @@ test('a regular user sees neither Users nor Audit, nor other users\' VMs', async
   await shoot(page, 'regular-user-admin-view');
   assert.deepEqual(problems, []);
 });
+
+test('volumes, ISOs and backups are managed from their views', async () => {
+  const token = await tokenOf('admin', 'browser-pass-1');
+  const made = await api('POST', '/api/vms', token, { name: 'storage vm', memory: 256, cpus: 1, disk_size: 1, firmware: 'bios' });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  const vmId = made.body.vm.id;
+  const page = await watchedPage({ width: 1280, height: 800 });
+  await page.goto(base + '/');
+  await page.getByLabel('Username').fill('admin');
+  await page.getByLabel('Password').fill('browser-pass-1');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+
+  // A volume: created, attached to the (stopped) VM, detached, deleted.
+  await page.getByRole('link', { name: 'Volumes' }).click();
+  await page.getByLabel('Name').fill('data disk');
+  await page.getByLabel('Size (GB)').fill('2');
+  await page.getByRole('button', { name: 'Create volume' }).click();
+  const row = page.locator('li[data-volume="data disk"]');
+  await row.waitFor();
+  await row.getByLabel('Attach to').selectOption({ label: 'storage vm' });
+  await row.getByRole('button', { name: 'Attach' }).click();
+  await row.getByTestId('attachment').filter({ hasText: 'attached to storage vm' }).waitFor();
+  const [vol] = (await api('GET', '/api/volumes', token)).body;
+  assert.equal(vol.attached_to, vmId);
+  await shoot(page, 'volumes-dark-desktop');
+  await row.getByRole('button', { name: 'Detach' }).click();
+  await row.getByTestId('attachment').filter({ hasText: 'not attached' }).waitFor();
+  await row.getByRole('button', { name: 'Delete' }).click();
+  await row.waitFor({ state: 'detached' });
+  assert.deepEqual((await api('GET', '/api/volumes', token)).body, []);
+
+  // An ISO upload (8 MiB) with its progress bar, then its deletion.
+  await page.getByRole('link', { name: 'ISOs' }).click();
+  const percents = [];
+  page.on('console', () => {});
+  await page.exposeFunction('recordPercent', (p) => percents.push(p));
+  await page.evaluate(() => {
+    new MutationObserver(() => {
+      const el = document.querySelector('[data-testid="upload-percent"]');
+      if (el) window.recordPercent(el.textContent);
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
+  await page.getByLabel('ISO file').setInputFiles({ name: 'tools.iso', mimeType: 'application/octet-stream', buffer: Buffer.alloc(8 << 20) });
+  const iso = page.locator('li[data-iso="tools.iso"]');
+  await iso.waitFor();
+  assert.ok(percents.length > 0, 'the progress bar showed');
+  assert.ok((await api('GET', '/api/isos', token)).body.some((i) => i.name === 'tools.iso'));
+  await shoot(page, 'isos-dark-desktop');
+  await iso.getByRole('button', { name: 'Delete' }).click();
+  await iso.waitFor({ state: 'detached' });
+
+  // A backup, restored as a new VM from the Backups view, then deleted.
+  assert.equal((await api('POST', `/api/vms/${vmId}/backup`, token)).status, 200);
+  await page.getByRole('link', { name: 'Backups' }).click();
+  const [backup] = (await api('GET', '/api/backups', token)).body;
+  const entry = page.locator(`li[data-backup="${backup.id}"]`);
+  await entry.waitFor();
+  await entry.getByLabel('New VM name').fill('from backup');
+  await entry.getByRole('button', { name: 'Restore' }).click();
+  await page.locator('nav').getByText('from backup').waitFor();
+  assert.ok((await api('GET', '/api/vms', token)).body.some((v) => v.name === 'from backup'));
+  await shoot(page, 'backups-dark-desktop');
+  await entry.getByRole('button', { name: 'Delete' }).click();
+  await entry.waitFor({ state: 'detached' });
+  assert.deepEqual((await api('GET', '/api/backups', token)).body, []);
+  for (const v of (await api('GET', '/api/vms', token)).body) {
+    assert.equal((await api('DELETE', `/api/vms/${v.id}?force=true`, token)).status, 200);
+  }
+  assert.deepEqual(problems, []);
+});
