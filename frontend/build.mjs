@@ -35,7 +35,14 @@ rmSync(tmpCss);
 const cssName = 'app-' + createHash('sha256').update(css).digest('hex').slice(0, 8).toUpperCase() + '.css';
 writeFileSync(join(assets, cssName), css);
 
-const html = readFileSync('src/index.html', 'utf8').replace('@CSS@', cssName).replace('@JS@', jsName);
+// Each view's markup lives in src/views/; the page takes them in where it names them.
+const html = readFileSync('src/index.html', 'utf8')
+  .replace(/^( *)<!-- include (views\/[a-z-]+\.html) -->$/gm, (_, indent, file) =>
+    readFileSync(join('src', file), 'utf8').trimEnd().replace(/^/gm, indent),
+  )
+  .replace('@CSS@', cssName)
+  .replace('@JS@', jsName);
+if (html.includes('<!-- include')) throw new Error('an include was not resolved');
 writeFileSync(join(dist, 'index.html'), html);
 
 let gzipTotal = 0;

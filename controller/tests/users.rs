@@ -110,3 +110,31 @@ async fn admins_cannot_delete_themselves_or_the_last_admin() -> TestResult {
     assert_eq!(s.get("/api/auth/me", &root2).await.1["is_admin"], true);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_admin_sets_a_users_password_and_signs_them_out() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let dave = s.regular_user(&admin, "dave").await;
+    let path = "/api/auth/users/dave/password";
+    let (status, _) = s.post(path, &dave, json!({"new_password": "chosen-by-dave"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only admins");
+    let (status, body) = s.post(path, &admin, json!({"new_password": "short"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) =
+        s.post("/api/auth/users/nobody/password", &admin, json!({"new_password": "long enough"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) =
+        s.post("/api/auth/users/admin/password", &admin, json!({"new_password": "long enough"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "your own goes through change-password");
+
+    let (status, body) = s.post(path, &admin, json!({"new_password": "set-by-admin"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(s.get("/api/auth/me", &dave).await.0, StatusCode::UNAUTHORIZED, "signed out");
+    assert_eq!(s.login("dave", "dave-password").await.status(), StatusCode::UNAUTHORIZED);
+    let dave = s.token("dave", "set-by-admin").await;
+    assert_eq!(s.get("/api/auth/me", &dave).await.1["must_change_password"], true);
+    let (_, logs) = s.get("/api/audit-logs?action=user.set_password", &admin).await;
+    assert_eq!(logs["total"], 4, "every attempt is audited: {logs}");
+    Ok(())
+}

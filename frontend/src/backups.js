@@ -29,29 +29,15 @@ export function backups() {
 
     async restoreBackup(b) {
       const name = (this.restoreNames[b.id] || '').trim();
-      this.busy = 'backup';
-      try {
-        const answer = await post('/api/backups/' + b.id + '/restore', name ? { new_name: name } : {});
-        this.toast('ok', answer.message);
-        await this.refresh();
-      } catch (e) {
-        this.toast('error', 'Restore: ' + e.message);
-      } finally {
-        this.busy = '';
-      }
+      const body = name ? { new_name: name } : {};
+      const done = 'Restored' + (name ? ' as ' + name : ' onto ' + b.vm_name);
+      await this.attempt('backup', 'Restore', () => post('/api/backups/' + b.id + '/restore', body), done);
+      await this.refresh();
     },
 
     async deleteBackup(b) {
-      this.busy = 'backup';
-      try {
-        await del('/api/backups/' + b.id);
-        this.toast('ok', b.backup_name + ' deleted');
-        await this.openBackups();
-      } catch (e) {
-        this.toast('error', e.message);
-      } finally {
-        this.busy = '';
-      }
+      await this.attempt('backup', b.backup_name, () => del('/api/backups/' + b.id), b.backup_name + ' deleted');
+      await this.openBackups();
     },
   };
 }

@@ -82,16 +82,9 @@ export function isos() {
     },
 
     async deleteIso(iso) {
-      this.busy = 'iso';
-      try {
-        await del('/api/isos/' + encodeURIComponent(iso.name));
-        this.toast('ok', iso.name + ' deleted');
-        await this.openIsos();
-      } catch (e) {
-        this.toast('error', iso.name + ': ' + e.message);
-      } finally {
-        this.busy = '';
-      }
+      const path = '/api/isos/' + encodeURIComponent(iso.name);
+      await this.attempt('iso', iso.name, () => del(path), iso.name + ' deleted');
+      await this.openIsos();
     },
   };
 }

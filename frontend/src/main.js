@@ -2,11 +2,13 @@
 
 import Alpine from '@alpinejs/csp';
 import { whenSignedOut } from './api.js';
+import { audit } from './audit.js';
 import { auth } from './auth.js';
 import { backups } from './backups.js';
 import { isos } from './isos.js';
 import { shell } from './shell.js';
 import { vmPage } from './vm.js';
+import { users } from './users.js';
 import { vms } from './vms.js';
 import { volumes } from './volumes.js';
 
@@ -18,7 +20,7 @@ function compose(...parts) {
 }
 
 Alpine.data('app', () =>
-  compose(shell(), auth(), vms(), vmPage(), volumes(), isos(), backups(), {
+  compose(shell(), auth(), vms(), vmPage(), volumes(), isos(), backups(), users(), audit(), {
     async init() {
       this.initShell();
       whenSignedOut((message) => this.signedOut(message));
@@ -26,6 +28,7 @@ Alpine.data('app', () =>
         if (e.key === 'Escape') {
           this.confirming = null;
           this.createOpen = false;
+          this.deleting = null;
         }
       });
       window.addEventListener('hashchange', () => this.onRoute());
@@ -36,7 +39,10 @@ Alpine.data('app', () =>
     /** Loads what the view the URL names shows. */
     onRoute() {
       if (!this.ready()) return;
-      const open = { vm: 'openVmPage', volumes: 'openVolumes', isos: 'openIsos', backups: 'openBackups' }[this.route];
+      const open = {
+        vm: 'openVmPage', volumes: 'openVolumes', isos: 'openIsos', backups: 'openBackups',
+        users: 'openUsers', audit: 'openAudit',
+      }[this.route];
       if (open) this[open]();
     },
 

@@ -32,9 +32,13 @@ export function shell() {
       return titles[this.route] || 'Fast VM';
     },
 
-    /** Views still to come (Monitoring, Users, Audit for admins). */
+    /** Views still to come. */
     placeholderRoute() {
-      return ['monitoring', 'users', 'audit'].includes(this.route) && !this.adminOnlyRoute();
+      return this.route === 'monitoring';
+    },
+
+    isAdminRoute(name) {
+      return this.route === name && this.isAdmin();
     },
 
     isRoute(name) {
@@ -61,6 +65,24 @@ export function shell() {
 
     themeLabel() {
       return this.theme === 'dark' ? 'Light theme' : 'Dark theme';
+    },
+
+    /**
+     * Runs one user action: its buttons are disabled (`busy`) while it runs, and it ends in a toast,
+     * `done` on success or the server's message (after `what`) on failure. Resolves to success.
+     */
+    async attempt(busy, what, work, done) {
+      this.busy = busy;
+      try {
+        await work();
+        if (done) this.toast('ok', done);
+        return true;
+      } catch (e) {
+        this.toast('error', what + ': ' + e.message);
+        return false;
+      } finally {
+        this.busy = '';
+      }
     },
 
     toast(kind, text) {

@@ -59,42 +59,22 @@ export function vmPage() {
     async takeSnapshot() {
       const name = this.page.snapshotName.trim();
       if (!name) return;
-      this.busy = 'snapshot';
-      try {
-        await post('/api/vms/' + this.page.id + '/snapshots', { name, description: '' });
+      const path = '/api/vms/' + this.page.id + '/snapshots';
+      if (await this.attempt('snapshot', 'Snapshot', () => post(path, { name, description: '' }), 'Snapshot ' + name + ' taken')) {
         this.page.snapshotName = '';
-        this.toast('ok', 'Snapshot ' + name + ' taken');
-        await this.loadSnapshots();
-      } catch (e) {
-        this.toast('error', 'Snapshot: ' + e.message);
-      } finally {
-        this.busy = '';
       }
+      await this.loadSnapshots();
     },
 
-    async restoreSnapshot(s) {
-      this.busy = 'snapshot';
-      try {
-        await post('/api/vms/' + this.page.id + '/snapshots/' + s.id + '/restore');
-        this.toast('ok', 'Snapshot ' + s.name + ' restored');
-      } catch (e) {
-        this.toast('error', 'Restore: ' + e.message);
-      } finally {
-        this.busy = '';
-      }
+    restoreSnapshot(s) {
+      const path = '/api/vms/' + this.page.id + '/snapshots/' + s.id + '/restore';
+      return this.attempt('snapshot', 'Restore', () => post(path), 'Snapshot ' + s.name + ' restored');
     },
 
     async deleteSnapshot(s) {
-      this.busy = 'snapshot';
-      try {
-        await del('/api/vms/' + this.page.id + '/snapshots/' + s.id);
-        this.toast('ok', 'Snapshot ' + s.name + ' deleted');
-        await this.loadSnapshots();
-      } catch (e) {
-        this.toast('error', 'Delete: ' + e.message);
-      } finally {
-        this.busy = '';
-      }
+      const path = '/api/vms/' + this.page.id + '/snapshots/' + s.id;
+      await this.attempt('snapshot', 'Delete', () => del(path), 'Snapshot ' + s.name + ' deleted');
+      await this.loadSnapshots();
     },
 
     snapshotKind(s) {

@@ -62,16 +62,8 @@ export function volumes() {
     },
 
     async volumeAction(v, request, done) {
-      this.busy = 'volume';
-      try {
-        await request();
-        this.toast('ok', 'Volume ' + v.name + ' ' + done);
-        await this.openVolumes();
-      } catch (e) {
-        this.toast('error', v.name + ': ' + e.message);
-      } finally {
-        this.busy = '';
-      }
+      await this.attempt('volume', v.name, request, 'Volume ' + v.name + ' ' + done);
+      await this.openVolumes();
     },
   };
 }

@@ -307,3 +307,38 @@ test('volumes, ISOs and backups are managed from their views', async () => {
   }
   assert.deepEqual(problems, []);
 });
+
+test('an admin manages users and reads the audit log', async () => {
+  const token = await tokenOf('admin', 'browser-pass-1');
+  const page = await watchedPage({ width: 1280, height: 800 });
+  await page.goto(base + '/');
+  await page.getByLabel('Username').fill('admin');
+  await page.getByLabel('Password').fill('browser-pass-1');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('link', { name: 'Users' }).click();
+  await page.getByLabel('Username').fill('erin');
+  await page.getByLabel('Password', { exact: true }).fill('erin-pass-1');
+  await page.getByRole('button', { name: 'Create user' }).click();
+  const erin = page.locator('li[data-user="erin"]');
+  await erin.waitFor();
+  assert.ok((await api('GET', '/api/auth/users', token)).body.some((u) => u.username === 'erin'));
+  await erin.getByLabel('New password for this user').fill('reset-by-admin');
+  await erin.getByRole('button', { name: 'Set password' }).click();
+  await erin.getByText('must change password').waitFor();
+  await tokenOf('erin', 'reset-by-admin');
+  await shoot(page, 'users-dark-desktop');
+  await erin.getByRole('button', { name: 'Delete' }).click();
+  await page.getByRole('alertdialog').getByRole('button', { name: 'Take over their things' }).click();
+  await erin.waitFor({ state: 'detached' });
+  assert.ok(!(await api('GET', '/api/auth/users', token)).body.some((u) => u.username === 'erin'));
+
+  await page.getByRole('link', { name: 'Audit' }).click();
+  await page.getByLabel('Action').fill('user.create');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('tbody tr')];
+    return rows.length > 0 && rows.every((r) => r.dataset.action === 'user.create');
+  });
+  await shoot(page, 'audit-dark-desktop');
+  assert.deepEqual(problems, []);
+});

@@ -39,6 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
         .routes(routes!(list_users, create_user))
         .routes(routes!(delete_user))
+        .routes(routes!(set_user_password))
 }
 
 /// On first start (no users at all) creates `admin`/`admin`, flagged to change its password.
@@ -212,6 +213,50 @@ async fn change_password(
         .call(move |c| Ok(users::set_password(c, &user.username, &hash, false, Some(&user.jti), now_unix())?))
         .await?;
     Ok(Message::ok("Password changed"))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPasswordRequest {
+    /// 8 to 128 characters. The user must change it at their next sign-in.
+    pub new_password: String,
+}
+
+/// Set another user's password (admin only). Every session of theirs is signed out, and they must
+/// choose their own password when they next sign in.
+#[utoipa::path(post, path = "/api/auth/users/{username}/password", tag = "users", security(("bearer" = [])),
+    params(("username" = String, Path)), request_body = SetPasswordRequest,
+    responses(
+        (status = 200, body = Message),
+        (status = 400, description = "Your own password: use change-password", body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "New password is not 8 to 128 characters", body = ErrorBody),
+    ))]
+async fn set_user_password(
+    State(state): State<AppState>,
+    audit: Audit,
+    AdminUser(admin): AdminUser,
+    Path(username): Path<String>,
+    ApiJson(req): ApiJson<SetPasswordRequest>,
+) -> ApiResult<Json<Message>> {
+    audit.action("user.set_password").target(&username);
+    if username == admin.username {
+        return Err(ApiError::BadRequest(
+            "Your own password is changed with POST /api/auth/change-password".into(),
+        ));
+    }
+    passwords::validate_new("new_password", &req.new_password)?;
+    let hash = passwords::hash(req.new_password, state.settings.bcrypt_cost).await?;
+    let target = username.clone();
+    let found = state
+        .store
+        .call(move |c| Ok(users::set_password(c, &target, &hash, true, None, now_unix())?))
+        .await?;
+    if !found {
+        return Err(ApiError::NotFound(format!("User {username} not found")));
+    }
+    Ok(Message::ok(format!("Password of {username} set; their sessions are signed out")))
 }
 
 /// All users (admin only).
