@@ -8,6 +8,7 @@ import { backups } from './backups.js';
 import { isos } from './isos.js';
 import { shell } from './shell.js';
 import { vmPage } from './vm.js';
+import { vmForm } from './vmform.js';
 import { users } from './users.js';
 import { vms } from './vms.js';
 import { volumes } from './volumes.js';
@@ -20,14 +21,14 @@ function compose(...parts) {
 }
 
 Alpine.data('app', () =>
-  compose(shell(), auth(), vms(), vmPage(), volumes(), isos(), backups(), users(), audit(), {
+  compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), {
     async init() {
       this.initShell();
       whenSignedOut((message) => this.signedOut(message));
       window.addEventListener('keydown', (e) => {
         if (e.key === 'Escape') {
           this.confirming = null;
-          this.createOpen = false;
+          this.formOpen = false;
           this.deleting = null;
         }
       });

@@ -24,10 +24,6 @@ export function vms() {
     poller: null,
     working: {},
     confirming: null,
-    createOpen: false,
-    createForm: null,
-    createError: '',
-    isos: [],
 
     startDashboard() {
       this.refresh();
@@ -201,49 +197,6 @@ export function vms() {
         this.toast('ok', vm.name + ' deleted');
       } catch (e) {
         this.toast('error', vm.name + ': ' + e.message);
-      }
-    },
-
-    async openCreate() {
-      this.createForm = { name: '', memory: 2048, cpus: 1, disk_size: 20, iso_path: '', firmware: 'uefi' };
-      this.createError = '';
-      this.createOpen = true;
-      try {
-        this.isos = await get('/api/isos');
-      } catch {
-        this.isos = [];
-      }
-    },
-
-    closeCreate() {
-      this.createOpen = false;
-    },
-
-    async createVm() {
-      const f = this.createForm;
-      const spec = {
-        name: f.name,
-        memory: Number(f.memory),
-        cpus: Number(f.cpus),
-        disk_size: Number(f.disk_size),
-        firmware: f.firmware,
-      };
-      if (f.iso_path) {
-        spec.iso_path = f.iso_path;
-        spec.boot_order = ['cdrom', 'disk'];
-      }
-      this.busy = 'create';
-      this.createError = '';
-      try {
-        const answer = await post('/api/vms', spec);
-        this.vms.push(answer.vm);
-        this.createOpen = false;
-        this.toast('ok', answer.vm.name + ' created');
-      } catch (e) {
-        // The form keeps what was typed; the message names the field.
-        this.createError = e.message;
-      } finally {
-        this.busy = '';
       }
     },
   };

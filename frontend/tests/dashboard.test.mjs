@@ -163,6 +163,23 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   assert.ok(vm, 'the API has the VM');
   assert.equal(vm.iso_path, guestIso);
 
+  // Edit it: more memory, a forwarded port, the CD first in the boot order.
+  await card.getByRole('button', { name: 'Edit' }).click();
+  await page.getByRole('heading', { name: 'Edit browser vm' }).waitFor();
+  await page.getByLabel('Memory (MiB)').fill('300');
+  await page.getByRole('button', { name: 'Add port forward' }).click();
+  await page.getByLabel('Host port').fill('18080');
+  await page.getByLabel('Guest port').fill('22');
+  await page.getByRole('button', { name: 'Move cdrom up' }).click();
+  await shoot(page, 'edit-form-dark-desktop');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'detached' });
+  const edited = (await api('GET', `/api/vms/${vm.id}`, token)).body;
+  assert.equal(edited.memory, 300);
+  assert.deepEqual(edited.networks[0].port_forwards, [{ host_port: 18080, guest_port: 22, protocol: 'tcp' }]);
+  assert.deepEqual(edited.boot_order, ['cdrom', 'disk']);
+  assert.equal(edited.networks[0].mac_address, vm.networks[0].mac_address, 'the MAC is kept');
+
   await card.getByRole('button', { name: 'Start' }).click();
   await card.getByTestId('status').filter({ hasText: 'running' }).waitFor({ timeout: 60000 });
   await page.getByTestId('live-mode').filter({ hasText: 'Live' }).waitFor();
@@ -187,11 +204,23 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
     await shoot(page, `vm-page-${theme}-desktop`);
   }
   await setTheme(page, 'dark');
+  // A VM with snapshots cannot be cloned: this one is dropped again.
+  await page.locator('li[data-snapshot="first"]').getByRole('button', { name: 'Delete' }).click();
+  await page.locator('li[data-snapshot="first"]').waitFor({ state: 'detached', timeout: 60000 });
+  assert.deepEqual((await api('GET', `/api/vms/${vm.id}/snapshots`, token)).body, []);
   await page.getByRole('link', { name: 'Dashboard' }).click();
   // Stopped behind the page's back: the push tells it, with no reload.
   assert.equal((await api('POST', `/api/vms/${vm.id}/stop?force=true`, token)).status, 200);
   await card.getByTestId('status').filter({ hasText: 'stopped' }).waitFor({ timeout: 10000 });
   assert.equal(await page.getByTestId('count-running').textContent(), '0');
+
+  // Clone it (copy-on-write) from its card.
+  await card.getByRole('button', { name: 'Clone' }).click();
+  await page.getByLabel('Name').fill('browser clone');
+  await page.getByRole('button', { name: 'Clone' }).last().click();
+  await page.locator('article[data-vm="browser clone"]').waitFor();
+  const clone = (await api('GET', '/api/vms', token)).body.find((v) => v.name === 'browser clone');
+  assert.ok(clone && clone.memory === 300, 'the clone has the source\'s memory');
 
   for (const theme of ['dark', 'light']) {
     await setTheme(page, theme);
