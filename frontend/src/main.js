@@ -6,6 +6,7 @@ import { audit } from './audit.js';
 import { auth } from './auth.js';
 import { backups } from './backups.js';
 import { isos } from './isos.js';
+import { jobs } from './jobs.js';
 import { shell } from './shell.js';
 import { vmPage } from './vm.js';
 import { vmForm } from './vmform.js';
@@ -21,7 +22,7 @@ function compose(...parts) {
 }
 
 Alpine.data('app', () =>
-  compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), {
+  compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), jobs(), {
     async init() {
       this.initShell();
       whenSignedOut((message) => this.signedOut(message));

@@ -3,9 +3,24 @@
 
 import { del, get, post } from './api.js';
 
+function emptyPage(id) {
+  return {
+    id,
+    logs: { qemu_log: '', serial_log: '' },
+    snapshots: [],
+    snapshotName: '',
+    backups: [],
+    schedule: null,
+    scheduleForm: { kind: 'cron', cron: '0 3 * * *', interval: 86400, keep: 7 },
+    volumes: [],
+    freeVolumes: [],
+    attachId: '',
+  };
+}
+
 export function vmPage() {
   return {
-    page: { id: '', logs: { qemu_log: '', serial_log: '' }, snapshots: [], snapshotName: '', loading: false },
+    page: emptyPage(''),
 
     /** The VM the page shows, as the dashboard's list has it (so the push keeps it current). */
     current() {
@@ -15,9 +30,8 @@ export function vmPage() {
     async openVmPage() {
       const id = this.routeParam;
       if (!id || this.page.id === id) return;
-      this.page = { id, logs: { qemu_log: '', serial_log: '' }, snapshots: [], snapshotName: '', loading: true };
-      await Promise.all([this.loadLogs(), this.loadSnapshots()]);
-      this.page.loading = false;
+      this.page = emptyPage(id);
+      await Promise.all([this.loadLogs(), this.loadSnapshots(), this.loadVmBackups(), this.loadSchedule(), this.loadVmVolumes()]);
     },
 
     async loadLogs() {
@@ -75,6 +89,78 @@ export function vmPage() {
       const path = '/api/vms/' + this.page.id + '/snapshots/' + s.id;
       await this.attempt('snapshot', 'Delete', () => del(path), 'Snapshot ' + s.name + ' deleted');
       await this.loadSnapshots();
+    },
+
+    async loadVmBackups() {
+      try {
+        this.page.backups = (await get('/api/backups')).filter((b) => b.vm_id === this.page.id);
+      } catch (e) {
+        this.toast('error', 'Backups: ' + e.message);
+      }
+    },
+
+    async backUpNow() {
+      const vm = this.current();
+      await this.attempt('backup', 'Backup', () => post('/api/vms/' + vm.id + '/backup'), 'Backup of ' + vm.name + ' made');
+      await this.loadVmBackups();
+    },
+
+    backupJob() {
+      return this.jobOf('backup', this.page.id);
+    },
+
+    async loadSchedule() {
+      try {
+        this.page.schedule = await get('/api/vms/' + this.page.id + '/backup-schedule');
+      } catch {
+        this.page.schedule = null;
+      }
+    },
+
+    scheduleLabel() {
+      const s = this.page.schedule;
+      if (!s) return 'No schedule';
+      const when = s.cron ? 'cron ' + s.cron + ' (UTC)' : 'every ' + s.interval + ' s';
+      return when + ', keeping ' + s.keep + '; next ' + new Date(s.next_run).toLocaleString();
+    },
+
+    scheduleUsesCron() {
+      return this.page.scheduleForm.kind === 'cron';
+    },
+
+    async saveSchedule() {
+      const f = this.page.scheduleForm;
+      const body = f.kind === 'cron' ? { cron: f.cron, keep: Number(f.keep) } : { interval: Number(f.interval), keep: Number(f.keep) };
+      await this.attempt('schedule', 'Schedule', () => post('/api/vms/' + this.page.id + '/backup-schedule', body), 'Backup schedule set');
+      await this.loadSchedule();
+    },
+
+    async removeSchedule() {
+      await this.attempt('schedule', 'Schedule', () => del('/api/vms/' + this.page.id + '/backup-schedule'), 'Backup schedule removed');
+      await this.loadSchedule();
+    },
+
+    async loadVmVolumes() {
+      try {
+        const all = await get('/api/volumes');
+        this.page.volumes = all.filter((v) => v.attached_to === this.page.id);
+        this.page.freeVolumes = all.filter((v) => !v.attached_to);
+      } catch (e) {
+        this.toast('error', 'Volumes: ' + e.message);
+      }
+    },
+
+    async attachHere() {
+      const id = this.page.attachId;
+      if (!id) return;
+      await this.attempt('volume', 'Attach', () => post('/api/vms/' + this.page.id + '/volumes/' + id), 'Volume attached');
+      this.page.attachId = '';
+      await this.loadVmVolumes();
+    },
+
+    async detachHere(v) {
+      await this.attempt('volume', v.name, () => del('/api/vms/' + this.page.id + '/volumes/' + v.id), 'Volume ' + v.name + ' detached');
+      await this.loadVmVolumes();
     },
 
     snapshotKind(s) {

@@ -27,6 +27,7 @@ export function vms() {
 
     startDashboard() {
       this.refresh();
+      this.loadJobs();
       this.live = connectLive({
         ticket: async () => (await get('/api/metrics/ticket')).ticket,
         onMessage: (m) => this.onLive(m),
@@ -81,6 +82,8 @@ export function vms() {
         const byId = {};
         for (const v of m.vms || []) byId[v.vm_id] = v;
         this.vmMetrics = byId;
+      } else if (m.type === 'job') {
+        this.onJob(m.job);
       } else if (m.type === 'vm_state') {
         const vm = this.vms.find((v) => v.id === m.vm_id);
         if (m.event === 'deleted') {

@@ -204,6 +204,21 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
     await shoot(page, `vm-page-${theme}-desktop`);
   }
   await setTheme(page, 'dark');
+  // A backup of the running guest, its progress bar reaching 100%; a nightly schedule.
+  await page.getByRole('button', { name: 'Back up now' }).click();
+  await page.getByTestId('backup-job').filter({ hasText: 'backup done' }).waitFor({ timeout: 120000 });
+  assert.equal(await page.getByRole('progressbar', { name: 'Backup progress' }).getAttribute('aria-valuenow'), '100');
+  const backups = (await api('GET', '/api/backups', token)).body.filter((b) => b.vm_id === vm.id);
+  assert.equal(backups.length, 1);
+  await page.getByRole('button', { name: 'Set schedule' }).click();
+  await page.getByTestId('schedule').filter({ hasText: 'cron 0 3 * * *' }).waitFor();
+  assert.equal((await api('GET', `/api/vms/${vm.id}/backup-schedule`, token)).body.keep, 7);
+  await page.getByRole('button', { name: /^Jobs/ }).click();
+  await page.locator('aside [data-job="backup"]').first().waitFor();
+  await shoot(page, 'vm-page-jobs-dark-desktop');
+  await page.getByRole('button', { name: 'Close' }).click();
+  assert.equal((await api('DELETE', `/api/backups/${backups[0].id}`, token)).status, 200);
+
   // A VM with snapshots cannot be cloned: this one is dropped again.
   await page.locator('li[data-snapshot="first"]').getByRole('button', { name: 'Delete' }).click();
   await page.locator('li[data-snapshot="first"]').waitFor({ state: 'detached', timeout: 60000 });
@@ -285,8 +300,12 @@ test('volumes, ISOs and backups are managed from their views', async () => {
   await page.getByRole('button', { name: 'Create volume' }).click();
   const row = page.locator('li[data-volume="data disk"]');
   await row.waitFor();
-  await row.getByLabel('Attach to').selectOption({ label: 'storage vm' });
-  await row.getByRole('button', { name: 'Attach' }).click();
+  // Attached from the VM's own page, seen attached in the Volumes view.
+  await page.goto(base + '/#/vm/' + vmId);
+  await page.getByLabel('Volume to attach').selectOption({ label: 'data disk' });
+  await page.locator('[aria-label="Volumes of this VM"]').getByRole('button', { name: 'Attach' }).click();
+  await page.locator('li[data-attached="data disk"]').waitFor();
+  await page.getByRole('link', { name: 'Volumes' }).click();
   await row.getByTestId('attachment').filter({ hasText: 'attached to storage vm' }).waitFor();
   const [vol] = (await api('GET', '/api/volumes', token)).body;
   assert.equal(vol.attached_to, vmId);
