@@ -81,6 +81,11 @@ export function isos() {
       return iso.path.includes('/cloudinit/');
     },
 
+    /** Only uploads (in the data directory's images/) can be deleted here. */
+    deletable(iso) {
+      return this.isAdmin() && iso.path.includes('/images/');
+    },
+
     async deleteIso(iso) {
       const path = '/api/isos/' + encodeURIComponent(iso.name);
       await this.attempt('iso', iso.name, () => del(path), iso.name + ' deleted');

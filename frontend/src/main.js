@@ -5,6 +5,7 @@ import { whenSignedOut } from './api.js';
 import { audit } from './audit.js';
 import { auth } from './auth.js';
 import { backups } from './backups.js';
+import { cloudInit } from './cloudinit.js';
 import { isos } from './isos.js';
 import { jobs } from './jobs.js';
 import { shell } from './shell.js';
@@ -22,7 +23,7 @@ function compose(...parts) {
 }
 
 Alpine.data('app', () =>
-  compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), jobs(), {
+  compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), jobs(), cloudInit(), {
     async init() {
       this.initShell();
       whenSignedOut((message) => this.signedOut(message));

@@ -3,7 +3,7 @@
 // to another host. Screenshots go to $FASTVM_SCREENSHOTS (default: frontend/screenshots).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -336,6 +336,21 @@ test('volumes, ISOs and backups are managed from their views', async () => {
   await iso.getByRole('button', { name: 'Delete' }).click();
   await iso.waitFor({ state: 'detached' });
 
+  // A cloud-init seed, given to the VM as its second ISO.
+  await page.getByLabel('Hostname').fill('seeded');
+  await page.getByLabel('User', { exact: true }).fill('ops');
+  await page.getByLabel("User's password").fill('ops-password');
+  await page.getByLabel(/^Packages/).fill('curl, htop');
+  await page.getByRole('button', { name: 'Create seed' }).click();
+  const seedPath = (await page.getByTestId('seed-path').textContent()).trim();
+  assert.ok(seedPath.includes('/cloudinit/seeded-'), seedPath);
+  assert.ok((await api('GET', '/api/isos', token)).body.some((i) => i.path === seedPath));
+  await page.getByLabel('VM to give the seed').selectOption({ label: 'storage vm' });
+  await page.getByRole('button', { name: 'Use as second ISO' }).click();
+  await page.getByText('storage vm gets the seed').waitFor();
+  assert.equal((await api('GET', `/api/vms/${vmId}`, token)).body.secondary_iso_path, seedPath);
+  await shoot(page, 'isos-cloudinit-dark-desktop');
+
   // A backup, restored as a new VM from the Backups view, then deleted.
   assert.equal((await api('POST', `/api/vms/${vmId}/backup`, token)).status, 200);
   await page.getByRole('link', { name: 'Backups' }).click();
@@ -388,5 +403,40 @@ test('an admin manages users and reads the audit log', async () => {
     return rows.length > 0 && rows.every((r) => r.dataset.action === 'user.create');
   });
   await shoot(page, 'audit-dark-desktop');
+  assert.deepEqual(problems, []);
+});
+
+test('a dashboard of 200 VMs is drawn, and how long it takes is measured', async () => {
+  const token = await tokenOf('admin', 'browser-pass-1');
+  for (let i = 0; i < 200; i += 20) {
+    const batch = [];
+    for (let k = i; k < i + 20; k++) {
+      batch.push(api('POST', '/api/vms', token, { name: `load ${String(k).padStart(3, '0')}`, memory: 256, cpus: 1, disk_size: 1 }));
+    }
+    for (const r of await Promise.all(batch)) assert.equal(r.status, 201);
+  }
+  const page = await watchedPage({ width: 1280, height: 800 });
+  await page.goto(base + '/');
+  await page.getByLabel('Username').fill('admin');
+  await page.getByLabel('Password').fill('browser-pass-1');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+  const total = (await api('GET', '/api/vms', token)).body.length;
+  assert.ok(total >= 200, `${total} VMs`);
+  const runs = [];
+  for (let run = 0; run < 5; run++) {
+    const started = Date.now();
+    await page.reload();
+    await page.waitForFunction((n) => document.querySelectorAll('article[data-vm]').length === n, total);
+    runs.push(Date.now() - started);
+  }
+  runs.sort((a, b) => a - b);
+  const line = `dashboard with ${total} VMs: navigation to all cards drawn, median of 5: ${runs[2]} ms (runs ${runs.join(', ')} ms)`;
+  console.log(line);
+  writeFileSync(join(shots, 'dashboard-200.txt'), line + '\n');
+  await shoot(page, 'dashboard-200-dark-desktop');
+  for (const v of (await api('GET', '/api/vms', token)).body) {
+    assert.equal((await api('DELETE', `/api/vms/${v.id}?force=true`, token)).status, 200);
+  }
   assert.deepEqual(problems, []);
 });
