@@ -641,3 +641,48 @@ fn bytes_under(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+#[tokio::test]
+async fn a_download_ticket_opens_one_backup_for_its_holder_only() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let bob = s.regular_user(&admin, "bob").await;
+    let (_, vm) = s.post("/api/vms", &bob, serde_json::from_str(SPEC)?).await;
+    let id = vm["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let mut backups = Vec::new();
+    for _ in 0..2 {
+        let (status, b) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&bob), None).await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+        backups.push(b["id"].as_str().ok_or("id")?.to_string());
+    }
+    let (status, t) = s.post(&format!("/api/backups/{}/download-ticket", backups[0]), &bob, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    let url = t["url"].as_str().ok_or("url")?.to_string();
+    let ticket = t["ticket"].as_str().ok_or("ticket")?.to_string();
+
+    let r = s.client.get(s.url(&url)).send().await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let bytes = r.bytes().await?;
+    let with_token = s
+        .client
+        .get(s.url(&format!("/api/backups/{}/download", backups[0])))
+        .bearer_auth(&bob)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    assert_eq!(bytes, with_token, "the same archive either way");
+    // Not for another backup, not without it, not with a made-up one.
+    for path in [
+        format!("/api/backups/{}/download?ticket={ticket}", backups[1]),
+        format!("/api/backups/{}/download", backups[0]),
+        format!("/api/backups/{}/download?ticket={}", backups[0], "0".repeat(64)),
+    ] {
+        assert_eq!(s.client.get(s.url(&path)).send().await?.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // Another user gets no ticket for bob's backup.
+    let eve = s.regular_user(&admin, "eve").await;
+    let (status, _) = s.post(&format!("/api/backups/{}/download-ticket", backups[0]), &eve, json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    Ok(())
+}

@@ -3,7 +3,7 @@
 // to another host. Screenshots go to $FASTVM_SCREENSHOTS (default: frontend/screenshots).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -362,9 +362,25 @@ test('volumes, ISOs and backups are managed from their views', async () => {
   await page.locator('nav').getByText('from backup').waitFor();
   assert.ok((await api('GET', '/api/vms', token)).body.some((v) => v.name === 'from backup'));
   await shoot(page, 'backups-dark-desktop');
+
+  // Downloaded through a ticketed link (the browser writes it to disk), uploaded again to restore.
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    entry.getByRole('button', { name: 'Download' }).click(),
+  ]);
+  const saved = join(dataDir, 'downloaded.tar.zst');
+  await download.saveAs(saved);
+  assert.equal(statSync(saved).size, backup.size_bytes);
+  await page.getByLabel('Name of the restored VM (optional)').fill('from upload');
+  await page.getByLabel('Backup archive').setInputFiles(saved);
+  await page.locator('nav').getByText('from upload').waitFor({ timeout: 60000 });
+  assert.ok((await api('GET', '/api/vms', token)).body.some((v) => v.name === 'from upload'));
+
   await entry.getByRole('button', { name: 'Delete' }).click();
   await entry.waitFor({ state: 'detached' });
-  assert.deepEqual((await api('GET', '/api/backups', token)).body, []);
+  for (const b of (await api('GET', '/api/backups', token)).body) {
+    assert.equal((await api('DELETE', `/api/backups/${b.id}`, token)).status, 200);
+  }
   for (const v of (await api('GET', '/api/vms', token)).body) {
     assert.equal((await api('DELETE', `/api/vms/${v.id}?force=true`, token)).status, 200);
   }

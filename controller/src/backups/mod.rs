@@ -47,6 +47,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_backup))
         .routes(routes!(list_backups))
         .routes(routes!(download_backup))
+        .routes(routes!(download_ticket))
         .routes(routes!(delete_backup))
         .routes(routes!(restore_backup))
         .merge(schedule::routes())
@@ -406,16 +407,72 @@ async fn list_backups(
     Ok(Json(all.into_iter().filter(|b| user.is_admin || b.owner == user.username).collect()))
 }
 
-/// Download a backup archive (supports `Range` for resuming).
-#[utoipa::path(get, path = "/api/backups/{backup_id}/download", tag = "backups", security(("bearer" = [])),
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// A ticket from `POST /api/backups/{backup_id}/download-ticket`, for clients (a browser's plain
+    /// link) that cannot send the bearer token.
+    pub ticket: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DownloadTicket {
+    pub ticket: String,
+    /// Where to download it with the ticket, while it is valid.
+    pub url: String,
+    pub expires_in: u64,
+}
+
+/// A short-lived ticket to download one backup without the bearer token (a browser link).
+#[utoipa::path(post, path = "/api/backups/{backup_id}/download-ticket", tag = "backups", security(("bearer" = [])),
     params(("backup_id" = String, Path)),
-    responses((status = 200, description = "The archive"), (status = 206, description = "Part of it"), (status = 404, body = ErrorBody)))]
-async fn download_backup(
+    responses((status = 200, body = DownloadTicket), (status = 404, body = ErrorBody)))]
+async fn download_ticket(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     UrlPath(backup_id): UrlPath<String>,
+) -> ApiResult<Json<DownloadTicket>> {
+    let backup = owned(&state, &user, &backup_id).await?;
+    let ticket = state.consoles.tickets.issue(&user.username, &backup.id, crate::consoles::Kind::Download);
+    Ok(Json(DownloadTicket {
+        url: format!("/api/backups/{}/download?ticket={ticket}", backup.id),
+        ticket,
+        expires_in: state.consoles.tickets.ttl().as_secs(),
+    }))
+}
+
+/// Who asks for a download: the bearer token's user, or the one a download ticket for this very
+/// backup was issued to (as they are now).
+async fn downloader(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    ticket: Option<&str>,
+    backup_id: &str,
+) -> ApiResult<SessionUser> {
+    if let Some(token) = crate::auth::extract::bearer(headers) {
+        return crate::auth::extract::session_from_token(state, token).await;
+    }
+    let refused =
+        || ApiError::Unauthorized("Not authenticated: a bearer token or a download ticket is needed".into());
+    let t = ticket
+        .and_then(|t| state.consoles.tickets.check(t))
+        .filter(|t| t.kind == crate::consoles::Kind::Download && t.vm_id == backup_id)
+        .ok_or_else(refused)?;
+    crate::auth::extract::current_user(state, &t.username).await.ok_or_else(refused)
+}
+
+/// Download a backup archive (supports `Range` for resuming), with the bearer token or a ticket.
+#[utoipa::path(get, path = "/api/backups/{backup_id}/download", tag = "backups", security(("bearer" = [])),
+    params(("backup_id" = String, Path), DownloadQuery),
+    responses((status = 200, description = "The archive"), (status = 206, description = "Part of it"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn download_backup(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<DownloadQuery>,
+    UrlPath(backup_id): UrlPath<String>,
     request: Request,
 ) -> ApiResult<Response> {
+    let user = downloader(&state, &headers, q.ticket.as_deref(), &backup_id).await?;
     let backup = owned(&state, &user, &backup_id).await?;
     let response = ServeFile::new(&backup.path).oneshot(request).await.context("reading the backup")?;
     let mut response = response.map(Body::new).into_response();

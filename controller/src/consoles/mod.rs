@@ -40,6 +40,8 @@ pub enum Kind {
     Vnc,
     /// The `/ws/metrics` push (tickets of this kind are bound to a user, not to a VM).
     Metrics,
+    /// One backup's download (bound to the backup's id where the others name a VM).
+    Download,
 }
 
 impl Kind {
@@ -48,6 +50,7 @@ impl Kind {
             Kind::Spice => "spice",
             Kind::Vnc => "vnc",
             Kind::Metrics => "metrics",
+            Kind::Download => "download",
         }
     }
 
@@ -55,7 +58,7 @@ impl Kind {
         match self {
             Kind::Spice => "spice.sock",
             Kind::Vnc => "vnc.sock",
-            Kind::Metrics => "",
+            Kind::Metrics | Kind::Download => "",
         }
     }
 }
