@@ -70,6 +70,18 @@ export function auth() {
       }
     },
 
+    accountOpen: false,
+
+    openAccount() {
+      this.passwordForm = { current: '', next: '', again: '' };
+      this.passwordError = '';
+      this.accountOpen = true;
+    },
+
+    closeAccount() {
+      this.accountOpen = false;
+    },
+
     async changePassword() {
       this.passwordError = '';
       if (this.passwordForm.next !== this.passwordForm.again) {
@@ -82,10 +94,12 @@ export function auth() {
           current_password: this.passwordForm.current,
           new_password: this.passwordForm.next,
         });
+        const forced = this.user.must_change_password;
         this.passwordForm = { current: '', next: '', again: '' };
+        this.accountOpen = false;
         await this.loadUser();
         this.toast('ok', 'Password changed');
-        this.afterLogin();
+        if (forced) this.afterLogin();
       } catch (e) {
         this.passwordError = e.message;
       } finally {

@@ -22,16 +22,41 @@ function compose(...parts) {
   return target;
 }
 
+/** Keeps Tab inside an open modal (the last one opened is on top). */
+function trapFocus(e) {
+  const modals = document.querySelectorAll('[aria-modal="true"]');
+  const modal = modals[modals.length - 1];
+  if (!modal) return;
+  const focusable = [...modal.querySelectorAll('a[href], button, input, select, textarea')].filter(
+    (el) => !el.disabled && el.offsetParent !== null,
+  );
+  if (focusable.length === 0) return;
+  const first = focusable[0];
+  const last = focusable[focusable.length - 1];
+  if (!modal.contains(document.activeElement)) {
+    e.preventDefault();
+    first.focus();
+  } else if (e.shiftKey && document.activeElement === first) {
+    e.preventDefault();
+    last.focus();
+  } else if (!e.shiftKey && document.activeElement === last) {
+    e.preventDefault();
+    first.focus();
+  }
+}
+
 Alpine.data('app', () =>
   compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), jobs(), cloudInit(), {
     async init() {
       this.initShell();
       whenSignedOut((message) => this.signedOut(message));
       window.addEventListener('keydown', (e) => {
+        if (e.key === 'Tab') trapFocus(e);
         if (e.key === 'Escape') {
           this.confirming = null;
           this.formOpen = false;
           this.deleting = null;
+          this.accountOpen = false;
         }
       });
       window.addEventListener('hashchange', () => this.onRoute());

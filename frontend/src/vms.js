@@ -178,12 +178,55 @@ export function vms() {
       return this.act(vm, 'restart', '/api/vms/' + vm.id + '/restart', vm.name + ' restarted');
     },
 
+    selected: {},
+
+    isSelected(vm) {
+      return Boolean(this.selected[vm.id]);
+    },
+
+    toggleSelected(vm) {
+      const next = Object.assign({}, this.selected);
+      if (next[vm.id]) delete next[vm.id];
+      else next[vm.id] = true;
+      this.selected = next;
+    },
+
+    selectedVms() {
+      return this.vms.filter((v) => this.selected[v.id]).sort((a, b) => a.name.localeCompare(b.name));
+    },
+
+    selectionLabel() {
+      return this.selectedVms().length + ' selected';
+    },
+
+    hasSelection() {
+      return this.selectedVms().length > 0;
+    },
+
+    clearSelection() {
+      this.selected = {};
+    },
+
+    async bulk(action) {
+      const list = this.selectedVms();
+      const run = { start: (v) => this.startVm(v), stop: (v) => this.stopVm(v) }[action];
+      await Promise.all(list.filter((v) => (action === 'start') !== this.isRunning(v)).map(run));
+      this.clearSelection();
+    },
+
+    askBulkDelete() {
+      const list = this.selectedVms();
+      this.confirming = { bulk: list, name: list.length + ' VMs (' + list.map((v) => v.name).join(', ') + ')' };
+    },
+
     askDelete(vm) {
       this.confirming = vm;
     },
 
     confirmText() {
-      return this.confirming ? 'Delete ' + this.confirming.name + ' with its disk? This cannot be undone.' : '';
+      if (!this.confirming) return '';
+      const disks = this.confirming.bulk ? 'their disks' : 'its disk';
+      return 'Delete ' + this.confirming.name + ' with ' + disks + '? This cannot be undone.';
     },
 
     cancelConfirm() {
@@ -191,8 +234,17 @@ export function vms() {
     },
 
     async confirmDelete() {
-      const vm = this.confirming;
+      const target = this.confirming;
       this.confirming = null;
+      if (target.bulk) {
+        this.clearSelection();
+        await Promise.all(target.bulk.map((vm) => this.deleteOne(vm)));
+        return;
+      }
+      await this.deleteOne(target);
+    },
+
+    async deleteOne(vm) {
       this.working = Object.assign({}, this.working, { [vm.id]: 'delete' });
       try {
         await del('/api/vms/' + vm.id + (vm.status === 'running' ? '?force=true' : ''));

@@ -456,3 +456,63 @@ test('a dashboard of 200 VMs is drawn, and how long it takes is measured', async
   }
   assert.deepEqual(problems, []);
 });
+
+test('bulk actions, your own password, modals that keep the keyboard, and every view in both themes and sizes', async () => {
+  const token = await tokenOf('admin', 'browser-pass-1');
+  for (const name of ['bulk a', 'bulk b']) {
+    assert.equal((await api('POST', '/api/vms', token, { name, memory: 256, cpus: 1, disk_size: 1 })).status, 201);
+  }
+  const page = await watchedPage({ width: 1280, height: 800 });
+  await page.goto(base + '/');
+  await page.getByLabel('Username').fill('admin');
+  await page.getByLabel('Password').fill('browser-pass-1');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('article[data-vm="bulk b"]').waitFor();
+
+  // Every view, dark and light, desktop and 390 px wide, none scrolling sideways.
+  for (const route of ['dashboard', 'volumes', 'backups', 'isos', 'monitoring', 'users', 'audit']) {
+    await page.goto(base + '/#/' + route);
+    await page.waitForTimeout(300);
+    for (const theme of ['dark', 'light']) {
+      await setTheme(page, theme);
+      for (const [size, viewport] of [['desktop', { width: 1280, height: 800 }], ['390', { width: 390, height: 844 }]]) {
+        await page.setViewportSize(viewport);
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+        assert.equal(overflow, false, `${route} scrolls sideways at ${size} (${theme})`);
+        await shoot(page, `view-${route}-${theme}-${size}`);
+      }
+    }
+  }
+  await setTheme(page, 'dark');
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.goto(base + '/#/dashboard');
+
+  // Select both, delete them together after a confirmation that names them.
+  for (const name of ['bulk a', 'bulk b']) await page.getByLabel('Select ' + name).check();
+  await page.getByText('2 selected').waitFor();
+  await page.getByRole('button', { name: 'Delete selected' }).click();
+  await shoot(page, 'bulk-confirm');
+  // Named in name order, whatever order the VMs were listed in.
+  await page.getByText('Delete 2 VMs (bulk a, bulk b) with their disks?').waitFor();
+  // The dialog keeps Tab inside it and closes with Escape.
+  for (let i = 0; i < 4; i++) await page.keyboard.press('Tab');
+  assert.ok(await page.evaluate(() => document.querySelector('[aria-modal="true"]').contains(document.activeElement)));
+  await page.keyboard.press('Escape');
+  await page.getByRole('alertdialog').waitFor({ state: 'detached' });
+  await page.getByRole('button', { name: 'Delete selected' }).click();
+  await page.getByRole('alertdialog').getByRole('button', { name: 'Delete' }).click();
+  await page.locator('article[data-vm="bulk a"]').waitFor({ state: 'detached' });
+  await page.locator('article[data-vm="bulk b"]').waitFor({ state: 'detached' });
+  assert.ok(!(await api('GET', '/api/vms', token)).body.some((v) => v.name.startsWith('bulk')));
+
+  // Your own password, from the account button.
+  await page.getByRole('button', { name: 'admin', exact: true }).click();
+  await page.getByLabel('Current password').fill('browser-pass-1');
+  await page.getByLabel('New password', { exact: true }).fill('browser-pass-2');
+  await page.getByLabel('New password again').fill('browser-pass-2');
+  await page.getByRole('dialog').getByRole('button', { name: 'Change password' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'detached' });
+  await tokenOf('admin', 'browser-pass-2');
+  assert.equal((await api('POST', '/api/auth/login', null, { username: 'admin', password: 'browser-pass-1' })).status, 401);
+  assert.deepEqual(problems, []);
+});
