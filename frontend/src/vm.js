@@ -15,6 +15,8 @@ function emptyPage(id) {
     volumes: [],
     freeVolumes: [],
     attachId: '',
+    newVolume: { name: '', size_gb: 10 },
+    guest: null,
   };
 }
 
@@ -31,10 +33,11 @@ export function vmPage() {
       const id = this.routeParam;
       if (!id || this.page.id === id) return;
       this.page = emptyPage(id);
-      await Promise.all([this.loadLogs(), this.loadSnapshots(), this.loadVmBackups(), this.loadSchedule(), this.loadVmVolumes()]);
+      await Promise.all([this.loadLogs(), this.loadSnapshots(), this.loadVmBackups(), this.loadSchedule(), this.loadVmVolumes(), this.loadGuest()]);
     },
 
     async loadLogs() {
+      this.loadGuest();
       try {
         this.page.logs = await get('/api/vms/' + this.page.id + '/logs?lines=200');
       } catch (e) {
@@ -89,6 +92,55 @@ export function vmPage() {
       const path = '/api/vms/' + this.page.id + '/snapshots/' + s.id;
       await this.attempt('snapshot', 'Delete', () => del(path), 'Snapshot ' + s.name + ' deleted');
       await this.loadSnapshots();
+    },
+
+    async loadGuest() {
+      try {
+        this.page.guest = await get('/api/vms/' + this.page.id + '/guest-info');
+      } catch (e) {
+        this.page.guest = { available: false, reason: e.message };
+      }
+    },
+
+    guestRows() {
+      const g = this.page.guest;
+      if (!g || !g.available) return [];
+      const rows = [
+        { label: 'Hostname', value: g.hostname || '—' },
+        { label: 'OS', value: [g.os, g.kernel].filter((x) => x).join(' · ') || '—' },
+        { label: 'Addresses', value: (g.ip_addresses || []).join(', ') || '—' },
+      ];
+      for (const f of g.filesystems || []) {
+        const used = f.total_bytes ? Math.round((100 * (f.used_bytes || 0)) / f.total_bytes) + '% used' : '';
+        rows.push({ label: f.mountpoint, value: f.type + (used ? ' · ' + used : '') });
+      }
+      return rows;
+    },
+
+    guestReason() {
+      const g = this.page.guest;
+      return g && !g.available ? 'Guest agent: ' + (g.reason || 'no answer') : '';
+    },
+
+    async restoreOntoThis(b) {
+      const done = b.vm_name + ' restored from its backup';
+      await this.attempt('backup', 'Restore', () => post('/api/backups/' + b.id + '/restore', {}), done);
+      await this.refresh();
+    },
+
+    async deleteVmBackup(b) {
+      await this.attempt('backup', b.backup_name, () => del('/api/backups/' + b.id), b.backup_name + ' deleted');
+      await this.loadVmBackups();
+    },
+
+    async createAndAttach() {
+      const f = this.page.newVolume;
+      const ok = await this.attempt('volume', 'Volume', async () => {
+        const made = await post('/api/volumes', { name: f.name, size_gb: Number(f.size_gb), format: 'qcow2' });
+        await post('/api/vms/' + this.page.id + '/volumes/' + made.volume.id);
+      }, 'Volume ' + f.name + ' created and attached');
+      if (ok) this.page.newVolume = { name: '', size_gb: 10 };
+      await this.loadVmVolumes();
     },
 
     async loadVmBackups() {

@@ -194,6 +194,19 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
     await page.waitForTimeout(2000);
     await page.getByRole('button', { name: 'Refresh' }).click();
   }
+  // The guest agent answers (the test guest runs qemu-ga).
+  while (!(await page.getByTestId('guest-info').textContent()).includes('fastvm-guest')) {
+    assert.ok(Date.now() < deadline, 'the guest agent never answered: ' + (await page.getByTestId('guest-reason').textContent()));
+    await page.waitForTimeout(2000);
+    await page.getByRole('button', { name: 'Refresh' }).click();
+  }
+  // A new volume, hot-plugged into the running guest.
+  await page.getByLabel('New volume').fill('hot disk');
+  await page.getByLabel('GB', { exact: true }).fill('1');
+  await page.getByRole('button', { name: 'Create and attach' }).click();
+  await page.locator('li[data-attached="hot disk"]').waitFor({ timeout: 60000 });
+  const hot = (await api('GET', '/api/volumes', token)).body.find((v) => v.name === 'hot disk');
+  assert.equal(hot.attached_to, vm.id);
   await page.getByLabel('Snapshot name').fill('first');
   await page.getByRole('button', { name: 'Take snapshot' }).click();
   await page.locator('li[data-snapshot="first"]').getByText('with RAM').waitFor({ timeout: 120000 });
@@ -217,7 +230,21 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await page.locator('aside [data-job="backup"]').first().waitFor();
   await shoot(page, 'vm-page-jobs-dark-desktop');
   await page.getByRole('button', { name: 'Close' }).click();
-  assert.equal((await api('DELETE', `/api/backups/${backups[0].id}`, token)).status, 200);
+  // That backup restored as a new VM, from the Backups view.
+  await page.getByRole('link', { name: 'Backups' }).click();
+  const entry = page.locator(`li[data-backup="${backups[0].id}"]`);
+  await entry.getByLabel('New VM name').fill('browser restored');
+  await entry.getByRole('button', { name: 'Restore' }).click();
+  await page.locator('nav').getByText('browser restored').waitFor({ timeout: 120000 });
+  const restored = (await api('GET', '/api/vms', token)).body.find((v) => v.name === 'browser restored');
+  assert.ok(restored && restored.memory === 300, 'the restored VM has the configuration backed up');
+  await page.goto(base + '/#/vm/' + vm.id);
+  const item = page.locator(`li[data-vm-backup="${backups[0].id}"]`);
+  const [download] = await Promise.all([page.waitForEvent('download'), item.getByRole('button', { name: 'Download' }).click()]);
+  assert.equal(statSync(await download.path()).size, backups[0].size_bytes);
+  await item.getByRole('button', { name: 'Delete' }).click();
+  await item.waitFor({ state: 'detached' });
+  assert.equal((await api('GET', '/api/backups', token)).body.length, 0);
 
   // A VM with snapshots cannot be cloned: this one is dropped again.
   await page.locator('li[data-snapshot="first"]').getByRole('button', { name: 'Delete' }).click();
@@ -255,6 +282,11 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await page.getByRole('alertdialog').getByRole('button', { name: 'Delete' }).click();
   await card.waitFor({ state: 'detached' });
   assert.equal((await api('GET', `/api/vms/${vm.id}`, token)).status, 404);
+  assert.equal((await api('DELETE', `/api/volumes/${hot.id}`, token)).status, 200, 'its volume was let go');
+  assert.equal((await api('DELETE', `/api/vms/${restored.id}`, token)).status, 200);
+  for (const v of (await api('GET', '/api/volumes', token)).body) {
+    assert.equal((await api('DELETE', `/api/volumes/${v.id}`, token)).status, 200, 'the restored VM\'s copy of the volume');
+  }
   assert.deepEqual(problems, []);
 });
 
@@ -303,7 +335,7 @@ test('volumes, ISOs and backups are managed from their views', async () => {
   // Attached from the VM's own page, seen attached in the Volumes view.
   await page.goto(base + '/#/vm/' + vmId);
   await page.getByLabel('Volume to attach').selectOption({ label: 'data disk' });
-  await page.locator('[aria-label="Volumes of this VM"]').getByRole('button', { name: 'Attach' }).click();
+  await page.locator('[aria-label="Volumes of this VM"]').getByRole('button', { name: 'Attach', exact: true }).click();
   await page.locator('li[data-attached="data disk"]').waitFor();
   await page.getByRole('link', { name: 'Volumes' }).click();
   await row.getByTestId('attachment').filter({ hasText: 'attached to storage vm' }).waitFor();
