@@ -4,6 +4,7 @@
 
 pub mod relay;
 pub mod remote;
+pub mod serial;
 pub mod tickets;
 pub mod websocket;
 
@@ -42,6 +43,8 @@ pub enum Kind {
     Metrics,
     /// One backup's download (bound to the backup's id where the others name a VM).
     Download,
+    /// The VM's serial console.
+    Serial,
 }
 
 impl Kind {
@@ -51,6 +54,7 @@ impl Kind {
             Kind::Vnc => "vnc",
             Kind::Metrics => "metrics",
             Kind::Download => "download",
+            Kind::Serial => "serial",
         }
     }
 
@@ -58,6 +62,7 @@ impl Kind {
         match self {
             Kind::Spice => "spice.sock",
             Kind::Vnc => "vnc.sock",
+            Kind::Serial => "serial.sock",
             Kind::Metrics | Kind::Download => "",
         }
     }
@@ -68,6 +73,8 @@ pub struct Consoles {
     pub tickets: tickets::Tickets,
     pub connections: relay::Connections,
     pub remote: Arc<remote::Listeners>,
+    /// The shared serial connections, one per VM that someone watches.
+    pub serial: serial::Hubs,
     /// The SPICE password handed out per VM and until when it admits new connections: one that is
     /// still valid is handed out again, so a second viewer does not lock out the first one's channels.
     spice_passwords: Mutex<HashMap<String, (String, Instant)>>,
@@ -79,6 +86,7 @@ impl Consoles {
             tickets: tickets::Tickets::new(ticket_ttl),
             connections: relay::Connections::default(),
             remote: Arc::default(),
+            serial: serial::Hubs::default(),
             spice_passwords: Mutex::default(),
         }
     }
@@ -98,6 +106,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(spice_tools))
         .routes(routes!(spice_ws))
         .routes(routes!(vnc_ws))
+        .routes(routes!(serial))
+        .routes(routes!(serial_ws))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -119,6 +129,14 @@ pub struct VncAccess {
     /// Always `ready`.
     pub status: String,
     /// WebSocket path for noVNC, with a ticket valid for opening this session.
+    pub ws_url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SerialAccess {
+    /// Always `ready`.
+    pub status: String,
+    /// WebSocket path for a terminal, with a ticket valid for opening it.
     pub ws_url: String,
 }
 
@@ -375,8 +393,13 @@ async fn console_ws(state: AppState, vm_id: String, kind: Kind, auth: WsAuth, ws
             }
             Ok(()) => {
                 let cut = state.consoles.connections.join(&vm_id, kind);
-                let path = state.vms.run_dirs.of(&vm_id).join(kind.socket());
-                relay::websocket(socket, &path, cut).await;
+                let dir = state.vms.run_dirs.of(&vm_id);
+                if kind == Kind::Serial {
+                    let paths = (dir.join(kind.socket()), dir.join("serial.log"));
+                    serial::viewer(socket, &state.consoles.serial, &vm_id, paths, cut).await;
+                } else {
+                    relay::websocket(socket, &dir.join(kind.socket()), cut).await;
+                }
             }
         }
     })
@@ -395,6 +418,36 @@ async fn spice_ws(
     ws: Upgrade,
 ) -> Response {
     console_ws(state, vm_id, Kind::Spice, auth, ws).await
+}
+
+/// The VM's serial console, shared by any number of viewers: the last 64 KiB of its output first,
+/// then what the guest writes; binary frames from the browser are typed into it. Authentication and
+/// refusals as for SPICE (`?ticket=` from `GET /api/vms/{vm_id}/serial`).
+#[utoipa::path(get, path = "/ws/serial/{vm_id}", tag = "consoles",
+    params(("vm_id" = String, Path), ("ticket" = Option<String>, Query), ("token" = Option<String>, Query)),
+    responses((status = 101, description = "Switching to the WebSocket protocol")))]
+async fn serial_ws(
+    State(state): State<AppState>,
+    Path(vm_id): Path<String>,
+    Query(auth): Query<WsAuth>,
+    ws: Upgrade,
+) -> Response {
+    console_ws(state, vm_id, Kind::Serial, auth, ws).await
+}
+
+/// Open the VM's serial console (for a terminal in the browser).
+#[utoipa::path(get, path = "/api/vms/{vm_id}/serial", tag = "consoles", security(("bearer" = [])),
+    params(("vm_id" = String, Path)),
+    responses((status = 200, body = SerialAccess), (status = 404, body = ErrorBody),
+        (status = 409, description = "The VM is not running", body = ErrorBody)))]
+async fn serial(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+) -> ApiResult<Json<SerialAccess>> {
+    let vm = running_vm(&state, &user, &vm_id).await?;
+    let ticket = state.consoles.tickets.issue(&user.username, &vm.id, Kind::Serial);
+    Ok(Json(SerialAccess { status: "ready".into(), ws_url: format!("/ws/serial/{}?ticket={ticket}", vm.id) }))
 }
 
 /// WebSocket relay to the VM's VNC socket, for noVNC. Authentication and refusals as for SPICE.
