@@ -32,6 +32,7 @@ export function vmPage() {
     async openVmPage() {
       const id = this.routeParam;
       if (!id || this.page.id === id) return;
+      this.closeSerial();
       this.page = emptyPage(id);
       await Promise.all([this.loadLogs(), this.loadSnapshots(), this.loadVmBackups(), this.loadSchedule(), this.loadVmVolumes(), this.loadGuest()]);
     },
@@ -92,6 +93,40 @@ export function vmPage() {
       const path = '/api/vms/' + this.page.id + '/snapshots/' + s.id;
       await this.attempt('snapshot', 'Delete', () => del(path), 'Snapshot ' + s.name + ' deleted');
       await this.loadSnapshots();
+    },
+
+    serialTerm: null,
+    serialState: '',
+
+    /** Opens the serial terminal below the logs; its code is fetched only now. */
+    async openSerial() {
+      if (this.serialTerm) return;
+      this.serialState = 'connecting';
+      try {
+        const access = await get('/api/vms/' + this.page.id + '/serial');
+        const { openTerminal } = await import('./terminal.js');
+        const element = document.getElementById('serial-terminal');
+        this.serialTerm = openTerminal(element, access.ws_url, (why) => {
+          this.serialState = 'Disconnected: ' + why;
+        });
+        this.serialState = 'connected';
+      } catch (e) {
+        this.serialState = 'Could not open: ' + e.message;
+      }
+    },
+
+    closeSerial() {
+      if (this.serialTerm) this.serialTerm.close();
+      this.serialTerm = null;
+      this.serialState = '';
+    },
+
+    serialOpen() {
+      return this.serialState !== '';
+    },
+
+    serialNote() {
+      return this.serialState === 'connected' || this.serialState === 'connecting' ? '' : this.serialState;
     },
 
     async loadGuest() {

@@ -200,6 +200,25 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
     await page.waitForTimeout(2000);
     await page.getByRole('button', { name: 'Refresh' }).click();
   }
+  // The serial terminal: its code loads only now; what is typed runs in the guest.
+  const chunks = [];
+  page.on('request', (r) => {
+    if (/\/assets\/chunk-/.test(r.url())) chunks.push(r.url());
+  });
+  assert.deepEqual(chunks, [], 'no console code before a console opens');
+  await page.getByRole('button', { name: 'Open serial terminal' }).click();
+  const terminal = page.getByTestId('serial-terminal');
+  await terminal.locator('.xterm-rows').filter({ hasText: 'FASTVM' }).waitFor({ timeout: 30000 });
+  assert.equal(chunks.length, 1, 'the terminal came in its own chunk');
+  await terminal.click();
+  await page.keyboard.type('echo FASTVM-SERIAL-$((40+2))');
+  await page.keyboard.press('Enter');
+  await terminal.locator('.xterm-rows').filter({ hasText: 'FASTVM-SERIAL-42' }).waitFor({ timeout: 30000 });
+  await shoot(page, 'vm-serial-terminal');
+  await page.getByRole('button', { name: 'Close terminal' }).click();
+  await page.getByRole('button', { name: 'Refresh' }).click();
+  await page.getByTestId('serial-log').filter({ hasText: 'FASTVM-SERIAL-42' }).waitFor();
+
   // A new volume, hot-plugged into the running guest.
   await page.getByLabel('New volume').fill('hot disk');
   await page.getByLabel('GB', { exact: true }).fill('1');
@@ -229,7 +248,7 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await page.getByRole('button', { name: /^Jobs/ }).click();
   await page.locator('aside [data-job="backup"]').first().waitFor();
   await shoot(page, 'vm-page-jobs-dark-desktop');
-  await page.getByRole('button', { name: 'Close' }).click();
+  await page.getByRole('button', { name: 'Close', exact: true }).click();
   // That backup restored as a new VM, from the Backups view.
   await page.getByRole('link', { name: 'Backups' }).click();
   const entry = page.locator(`li[data-backup="${backups[0].id}"]`);
