@@ -1,6 +1,6 @@
 //! The serial console through the controller's WebSocket on a real guest: several viewers share it,
 //! each first sees what came before, what one types runs in the guest, and whoever may not look is
-//! refused. The serial socket is let go with the last viewer.
+//! refused. The serial socket is let go with the last viewer. And the screen as a PNG.
 
 mod common;
 
@@ -82,11 +82,39 @@ async fn viewers_share_the_serial_console() -> TestResult {
     assert_eq!(close_code(&mut open(&s, &format!("/ws/serial/{id}?token={bob}")).await?).await, Some(4403));
     assert_eq!(s.get(&format!("/api/vms/{id}/serial"), &bob).await.0, reqwest::StatusCode::NOT_FOUND);
 
+    // The screen as a PNG: the guest's resolution, or the width asked for; many viewers, one dump.
+    let shot = |query: &str| {
+        let url = s.url(&format!("/api/vms/{id}/screenshot{query}"));
+        s.client.get(url).bearer_auth(&admin).send()
+    };
+    let r = shot("").await?;
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let full = image::load_from_memory(&r.bytes().await?)?.to_rgb8();
+    assert!(full.width() >= 640 && full.height() >= 400, "{}x{}", full.width(), full.height());
+    let colours: std::collections::HashSet<[u8; 3]> = full.pixels().map(|p| p.0).collect();
+    assert!(colours.len() > 1, "a blank screen");
+    let small = image::load_from_memory(&shot("?width=160").await?.bytes().await?)?;
+    assert_eq!(small.width(), 160);
+    let many = futures::future::join_all((0..10).map(|_| shot("?width=160"))).await;
+    let mut bodies = std::collections::HashSet::new();
+    for r in many {
+        bodies.insert(r?.bytes().await?);
+    }
+    assert_eq!(bodies.len(), 1, "ten viewers within a few seconds get one dump");
+    assert_eq!(shot("?width=2").await?.status(), reqwest::StatusCode::BAD_REQUEST);
+    let (status, _) = s.get(&format!("/api/vms/{id}/screenshot"), &bob).await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "not another user's screen");
+
     // With the last viewer gone, the socket is free for anyone else again.
     first.close(None).await?;
     second.close(None).await?;
     drop((first, second));
     type_on_serial(&run_dir, "echo AFTER-$((1+1))-VIEWERS")?;
     wait_serial_async(&run_dir, "AFTER-2-VIEWERS", 1, WAIT).await;
+
+    let stop = format!("/api/vms/{id}/stop?force=true");
+    assert_eq!(s.call(reqwest::Method::POST, &stop, Some(&admin), None).await.0, reqwest::StatusCode::OK);
+    assert_eq!(shot("").await?.status(), reqwest::StatusCode::CONFLICT, "a stopped VM has no screen");
     Ok(())
 }

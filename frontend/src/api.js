@@ -62,3 +62,10 @@ export const get = (path) => call('GET', path);
 export const post = (path, body) => call('POST', path, body);
 export const put = (path, body) => call('PUT', path, body);
 export const del = (path) => call('DELETE', path);
+
+/** A binary answer (an image) as a Blob, with the session's token. */
+export async function getBlob(path) {
+  const response = await fetch(path, { headers: { Authorization: 'Bearer ' + token() } });
+  if (!response.ok) throw new ApiError(response.status, 'HTTP ' + response.status, 0);
+  return response.blob();
+}

@@ -1,10 +1,13 @@
 // The dashboard: stat cards, host bars, and a card per VM with its quick actions; kept live by the
 // metrics push (or a 10 s refresh while the push is down).
 
-import { del, get, post } from './api.js';
+import { del, get, getBlob, post } from './api.js';
 import { connectLive } from './live.js';
 
 const POLL_MS = 10000;
+/** Screen thumbnails of running VMs are refreshed this often while the dashboard shows. */
+const THUMB_MS = 10000;
+const THUMB_WIDTH = 320;
 const GIB = 1024 * 1024 * 1024;
 
 function percent(x) {
@@ -25,9 +28,15 @@ export function vms() {
     working: {},
     confirming: null,
 
+    thumbs: {},
+    thumbTimer: null,
+
     startDashboard() {
       this.refresh();
       this.loadJobs();
+      clearInterval(this.thumbTimer);
+      this.thumbTimer = setInterval(() => this.refreshThumbs(), THUMB_MS);
+      setTimeout(() => this.refreshThumbs(), 1000);
       this.live = connectLive({
         ticket: async () => (await get('/api/metrics/ticket')).ticket,
         onMessage: (m) => this.onLive(m),
@@ -36,6 +45,8 @@ export function vms() {
     },
 
     stopLive() {
+      clearInterval(this.thumbTimer);
+      this.thumbTimer = null;
       if (this.live) this.live.close();
       this.live = null;
       clearInterval(this.poller);
@@ -123,6 +134,33 @@ export function vms() {
       if (kind === 'memory') return h.memory_used_gb.toFixed(1) + ' / ' + h.memory_total_gb.toFixed(1) + ' GB';
       if (kind === 'disk') return h.disk_used_gb.toFixed(0) + ' / ' + h.disk_total_gb.toFixed(0) + ' GB';
       return (h.cpu_per_core || []).length + ' cores';
+    },
+
+    /** The screens of the running VMs the dashboard shows (cached by the server for a few seconds). */
+    async refreshThumbs() {
+      if (this.route !== 'dashboard' || document.hidden) return;
+      const running = this.filteredVms().filter((v) => v.status === 'running').slice(0, 24);
+      const next = {};
+      await Promise.all(
+        running.map(async (vm) => {
+          try {
+            const blob = await getBlob('/api/vms/' + vm.id + '/screenshot?width=' + THUMB_WIDTH);
+            next[vm.id] = URL.createObjectURL(blob);
+          } catch {
+            // No screen right now (starting, stopping): the card goes without.
+          }
+        }),
+      );
+      for (const url of Object.values(this.thumbs)) URL.revokeObjectURL(url);
+      this.thumbs = next;
+    },
+
+    thumb(vm) {
+      return vm.status === 'running' ? this.thumbs[vm.id] || '' : '';
+    },
+
+    thumbAlt(vm) {
+      return 'Screen of ' + vm.name;
     },
 
     statusClass(vm) {

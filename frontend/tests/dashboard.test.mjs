@@ -108,9 +108,11 @@ async function watchedPage(viewport) {
     if (m.type() === 'error' && /Content Security Policy|CSP violation/.test(m.text())) problems.push(m.text());
   });
   page.on('request', (r) => {
-    const url = new URL(r.url());
-    if (!['http:', 'ws:'].includes(url.protocol) || url.host !== new URL(base).host) {
-      if (url.protocol !== 'data:') problems.push('request to another host: ' + r.url());
+    // blob: URLs are the page's own (screen thumbnails); data: never leaves the page.
+    const raw = r.url().startsWith('blob:') ? r.url().slice(5) : r.url();
+    const url = new URL(raw);
+    if (url.protocol !== 'data:' && (!['http:', 'ws:'].includes(url.protocol) || url.host !== new URL(base).host)) {
+      problems.push('request to another host: ' + r.url());
     }
   });
   return page;
@@ -184,6 +186,11 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await card.getByTestId('status').filter({ hasText: 'running' }).waitFor({ timeout: 60000 });
   await page.getByTestId('live-mode').filter({ hasText: 'Live' }).waitFor();
   assert.equal(await page.getByTestId('count-running').textContent(), '1');
+  // Its card shows its screen (a thumbnail refreshed while the dashboard shows).
+  const thumb = card.getByTestId('thumbnail');
+  await thumb.waitFor({ timeout: 30000 });
+  await page.waitForFunction((el) => el.complete && el.naturalWidth === 320, await thumb.elementHandle());
+  await shoot(page, 'dashboard-thumbnail');
 
   // Its page: the guest's serial output shows it booted; a snapshot of the running guest (with RAM).
   await card.getByRole('link', { name: 'browser vm' }).click();

@@ -4,6 +4,7 @@
 
 pub mod relay;
 pub mod remote;
+pub mod screenshot;
 pub mod serial;
 pub mod tickets;
 pub mod websocket;
@@ -75,6 +76,7 @@ pub struct Consoles {
     pub remote: Arc<remote::Listeners>,
     /// The shared serial connections, one per VM that someone watches.
     pub serial: serial::Hubs,
+    pub screenshots: screenshot::Screenshots,
     /// The SPICE password handed out per VM and until when it admits new connections: one that is
     /// still valid is handed out again, so a second viewer does not lock out the first one's channels.
     spice_passwords: Mutex<HashMap<String, (String, Instant)>>,
@@ -87,6 +89,7 @@ impl Consoles {
             connections: relay::Connections::default(),
             remote: Arc::default(),
             serial: serial::Hubs::default(),
+            screenshots: screenshot::Screenshots::default(),
             spice_passwords: Mutex::default(),
         }
     }
@@ -108,6 +111,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vnc_ws))
         .routes(routes!(serial))
         .routes(routes!(serial_ws))
+        .routes(routes!(screenshot))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -448,6 +452,38 @@ async fn serial(
     let vm = running_vm(&state, &user, &vm_id).await?;
     let ticket = state.consoles.tickets.issue(&user.username, &vm.id, Kind::Serial);
     Ok(Json(SerialAccess { status: "ready".into(), ws_url: format!("/ws/serial/{}?ticket={ticket}", vm.id) }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ScreenshotQuery {
+    /// Scale down to this width in pixels (16 or more; the aspect is kept).
+    pub width: Option<u32>,
+}
+
+/// The guest's display as a PNG (QMP `screendump`), the same one for every request of a few
+/// seconds.
+#[utoipa::path(get, path = "/api/vms/{vm_id}/screenshot", tag = "consoles", security(("bearer" = [])),
+    params(("vm_id" = String, Path), ScreenshotQuery),
+    responses((status = 200, description = "image/png"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The VM is not running", body = ErrorBody)))]
+async fn screenshot(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(vm_id): Path<String>,
+    Query(q): Query<ScreenshotQuery>,
+) -> ApiResult<Response> {
+    if q.width.is_some_and(|w| w < screenshot::MIN_WIDTH) {
+        return Err(ApiError::BadRequest(format!("width: must be at least {}", screenshot::MIN_WIDTH)));
+    }
+    let vm = running_vm(&state, &user, &vm_id).await?;
+    let (qmp, dir) = (state.vms.run_dirs.qmp(&vm.id), state.vms.run_dirs.of(&vm.id));
+    let png = state.consoles.screenshots.take(&qmp, &dir, &vm.id, q.width).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "image/png"), (axum::http::header::CACHE_CONTROL, "no-store")],
+        png,
+    )
+        .into_response())
 }
 
 /// WebSocket relay to the VM's VNC socket, for noVNC. Authentication and refusals as for SPICE.
