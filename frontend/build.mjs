@@ -18,7 +18,7 @@ const js = await esbuild.build({
   bundle: true,
   minify: true,
   format: 'esm',
-  target: 'es2020',
+  target: 'es2022',
   entryNames: 'app-[hash]',
   // Console code is imported when a console opens, into chunks of its own.
   splitting: true,

@@ -33,6 +33,7 @@ export function vmPage() {
       const id = this.routeParam;
       if (!id || this.page.id === id) return;
       this.closeSerial();
+      this.closeVncConsole();
       this.page = emptyPage(id);
       await Promise.all([this.loadLogs(), this.loadSnapshots(), this.loadVmBackups(), this.loadSchedule(), this.loadVmVolumes(), this.loadGuest()]);
     },
@@ -95,6 +96,54 @@ export function vmPage() {
       await this.loadSnapshots();
     },
 
+    vncConsole: null,
+    vncState: '',
+    vncText: '',
+
+    async openVncConsole() {
+      if (this.vncConsole) return;
+      this.vncState = 'connecting';
+      try {
+        const access = await get('/api/vms/' + this.page.id + '/vnc');
+        const { openVnc } = await import('./vnc.js');
+        this.vncConsole = openVnc(document.getElementById('vnc-screen'), access.ws_url, (why) => {
+          if (this.vncConsole) this.vncState = 'Disconnected: ' + why;
+        });
+        this.vncState = 'connected';
+      } catch (e) {
+        this.vncState = 'Could not open: ' + e.message;
+      }
+    },
+
+    closeVncConsole() {
+      if (this.vncConsole) this.vncConsole.close();
+      this.vncConsole = null;
+      this.vncState = '';
+    },
+
+    vncOpen() {
+      return this.vncState !== '';
+    },
+
+    vncNote() {
+      return this.vncState === 'connected' || this.vncState === 'connecting' ? '' : this.vncState;
+    },
+
+    vncCtrlAltDel() {
+      if (this.vncConsole) this.vncConsole.ctrlAltDel();
+    },
+
+    async vncType() {
+      const text = this.vncText;
+      this.vncText = '';
+      if (this.vncConsole && text) await this.vncConsole.type(text + '\n');
+    },
+
+    vncFullscreen() {
+      const el = document.getElementById('vnc-screen');
+      if (el && el.requestFullscreen) el.requestFullscreen();
+    },
+
     serialTerm: null,
     serialState: '',
 
@@ -107,7 +156,8 @@ export function vmPage() {
         const { openTerminal } = await import('./terminal.js');
         const element = document.getElementById('serial-terminal');
         this.serialTerm = openTerminal(element, access.ws_url, (why) => {
-          this.serialState = 'Disconnected: ' + why;
+          // Closed from here: nothing to report.
+          if (this.serialTerm) this.serialState = 'Disconnected: ' + why;
         });
         this.serialState = 'connected';
       } catch (e) {

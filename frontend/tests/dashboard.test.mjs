@@ -216,7 +216,7 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await page.getByRole('button', { name: 'Open serial terminal' }).click();
   const terminal = page.getByTestId('serial-terminal');
   await terminal.locator('.xterm-rows').filter({ hasText: 'FASTVM' }).waitFor({ timeout: 30000 });
-  assert.equal(chunks.length, 1, 'the terminal came in its own chunk');
+  assert.equal(chunks.length, 1, 'the terminal came in its own chunk (and nothing of the graphical console)');
   await terminal.click();
   await page.keyboard.type('echo FASTVM-SERIAL-$((40+2))');
   await page.keyboard.press('Enter');
@@ -225,6 +225,28 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await page.getByRole('button', { name: 'Close terminal' }).click();
   await page.getByRole('button', { name: 'Refresh' }).click();
   await page.getByTestId('serial-log').filter({ hasText: 'FASTVM-SERIAL-42' }).waitFor();
+
+  // The graphical console (noVNC): the guest's screen is drawn, and text typed into it reaches the
+  // shell on the guest's first console, which writes it to the serial port (the serial log never
+  // sees the command itself, typed on tty1).
+  await page.getByRole('button', { name: 'Open console' }).click();
+  await page.waitForFunction(() => {
+    const canvas = document.querySelector('#vnc-screen canvas');
+    if (!canvas || canvas.width < 100) return false;
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 4; i < data.length; i += 4 * 97) if (data[i] !== data[0] || data[i + 1] !== data[1]) return true;
+    return false;
+  }, null, { timeout: 30000 });
+  assert.equal(chunks.length, 2, 'the console came in a chunk of its own when it opened');
+  await page.getByLabel('Text to type').fill('echo FASTVM-KEYS-OK > /dev/ttyS0');
+  await page.getByRole('button', { name: 'Type text' }).click();
+  await shoot(page, 'vm-vnc-console');
+  const keysDeadline = Date.now() + 60000;
+  while (!(await api('GET', `/api/vms/${vm.id}/logs?lines=50`, token)).body.serial_log.includes('FASTVM-KEYS-OK')) {
+    assert.ok(Date.now() < keysDeadline, 'the typed text never reached the guest');
+    await page.waitForTimeout(1000);
+  }
+  await page.getByRole('button', { name: 'Close console' }).click();
 
   // A new volume, hot-plugged into the running guest.
   await page.getByLabel('New volume').fill('hot disk');
