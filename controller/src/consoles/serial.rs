@@ -49,8 +49,10 @@ impl Hubs {
             return Ok(hub);
         }
         let stream = UnixStream::connect(socket).await?;
-        // Another viewer may have connected meanwhile: theirs is kept, this one dropped.
-        if let Some(hub) = self.current(vm_id) {
+        // Checked and recorded under one lock: a viewer that connected meanwhile keeps its hub, and
+        // this connection is dropped.
+        let mut open = self.lock();
+        if let Some(hub) = open.get(vm_id).and_then(Weak::upgrade).filter(|h| h.live()) {
             return Ok(hub);
         }
         let (output, _) = broadcast::channel(BACKLOG);
@@ -63,7 +65,6 @@ impl Hubs {
             // An empty chunk tells the viewers the guest side is gone.
             let _ = output.send(Bytes::new());
         });
-        let mut open = self.lock();
         open.retain(|_, h| h.strong_count() > 0);
         open.insert(vm_id.to_string(), Arc::downgrade(&hub));
         Ok(hub)
