@@ -105,9 +105,6 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Kept free on the library's filesystem whatever an upload brings.
-const FREE_SPACE_RESERVE: u64 = 256 << 20;
-
 /// Upload an ISO into the shared library (admin only; multipart field `file`, whose file name is
 /// kept). At most `FASTVM_MAX_ISO_GB`, and only what fits on the disk; an image that is really of
 /// another format (a qcow2 naming a backing file, say) is refused.
@@ -136,7 +133,7 @@ async fn upload_iso(
         .unwrap_or(0);
 
     let images = state.settings.data_dir.join("images");
-    let room = crate::storage::free_bytes(&images)?.saturating_sub(FREE_SPACE_RESERVE);
+    let room = crate::storage::room_for(&images)?;
     let limit = room.min(state.settings.max_iso_gb.saturating_mul(1 << 30));
     if total > limit {
         return Err(too_large(limit));

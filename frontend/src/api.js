@@ -69,3 +69,33 @@ export async function getBlob(path) {
   if (!response.ok) throw new ApiError(response.status, 'HTTP ' + response.status, 0);
   return response.blob();
 }
+
+/**
+ * POSTs a multipart form with the session's token, reporting upload progress (0..1) as it goes
+ * (XMLHttpRequest: fetch reports none). Resolves to the parsed answer; rejects with an ApiError, or
+ * with `{ aborted: true }` after `abort()`.
+ */
+export function upload(path, form, onProgress) {
+  const xhr = new XMLHttpRequest();
+  const done = new Promise((resolve, reject) => {
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) onProgress(e.loaded / e.total);
+    };
+    xhr.onload = () => {
+      let body = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        body = null;
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(body);
+      else reject(new ApiError(xhr.status, (body && body.detail) || xhr.statusText || 'HTTP ' + xhr.status, 0));
+    };
+    xhr.onerror = () => reject(new ApiError(0, 'the upload failed', 0));
+    xhr.onabort = () => reject({ aborted: true });
+  });
+  xhr.open('POST', path);
+  xhr.setRequestHeader('Authorization', 'Bearer ' + token());
+  xhr.send(form);
+  return { done, abort: () => xhr.abort() };
+}

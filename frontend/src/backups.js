@@ -1,6 +1,6 @@
 // Backups: every backup you may see; restore one as a new VM (or onto its original), delete it.
 
-import { del, get, post, token } from './api.js';
+import { del, get, post, upload } from './api.js';
 
 export function backups() {
   return {
@@ -49,47 +49,31 @@ export function backups() {
       return 'width: ' + this.archivePercent() + '%';
     },
 
-    /** Restores an uploaded archive as a new VM (XMLHttpRequest: it reports upload progress). */
-    pickArchive(event) {
+    /** Restores an uploaded archive as a new VM, with the upload's progress. */
+    async pickArchive(event) {
       const file = event.target.files[0];
       event.target.value = '';
       if (!file) return;
       const form = new FormData();
       if (this.archiveName.trim()) form.append('new_name', this.archiveName.trim());
       form.append('file', file, file.name);
-      const xhr = new XMLHttpRequest();
-      this.archiveUpload = { name: file.name, fraction: 0, xhr };
-      xhr.upload.onprogress = (e) => {
-        if (e.lengthComputable && this.archiveUpload) this.archiveUpload.fraction = e.loaded / e.total;
-      };
-      xhr.onload = () => {
-        let body = {};
-        try {
-          body = JSON.parse(xhr.responseText);
-        } catch {
-          body = { detail: xhr.statusText };
-        }
-        if (xhr.status >= 200 && xhr.status < 300) this.toast('ok', body.message);
-        else this.toast('error', file.name + ': ' + (body.detail || 'HTTP ' + xhr.status));
-        this.archiveUpload = null;
-        this.archiveName = '';
-        this.openBackups();
-        this.refresh();
-      };
-      xhr.onerror = () => {
-        this.toast('error', file.name + ': the upload failed');
-        this.archiveUpload = null;
-      };
-      xhr.onabort = () => {
-        this.archiveUpload = null;
-      };
-      xhr.open('POST', '/api/vms/restore');
-      xhr.setRequestHeader('Authorization', 'Bearer ' + token());
-      xhr.send(form);
+      const sending = upload('/api/vms/restore', form, (fraction) => {
+        if (this.archiveUpload) this.archiveUpload.fraction = fraction;
+      });
+      this.archiveUpload = { name: file.name, fraction: 0, sending };
+      try {
+        const answer = await sending.done;
+        this.toast('ok', answer.message);
+      } catch (e) {
+        if (!e.aborted) this.toast('error', file.name + ': ' + e.message);
+      }
+      this.archiveUpload = null;
+      this.archiveName = '';
+      await Promise.all([this.openBackups(), this.refresh()]);
     },
 
     cancelArchive() {
-      if (this.archiveUpload) this.archiveUpload.xhr.abort();
+      if (this.archiveUpload) this.archiveUpload.sending.abort();
     },
 
     setRestoreName(b, name) {

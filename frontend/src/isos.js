@@ -1,6 +1,6 @@
 // The ISO library: what VMs may boot from, uploads (admins) with progress and cancel, deletes.
 
-import { del, get, token } from './api.js';
+import { del, get, upload } from './api.js';
 
 export function isos() {
   return {
@@ -39,42 +39,25 @@ export function isos() {
       if (file) this.uploadIso(file);
     },
 
-    /** XMLHttpRequest, not fetch: only it reports upload progress. */
-    uploadIso(file) {
+    async uploadIso(file) {
       const form = new FormData();
       form.append('file', file, file.name);
-      const xhr = new XMLHttpRequest();
-      this.upload = { name: file.name, fraction: 0, xhr };
-      xhr.upload.onprogress = (e) => {
-        if (e.lengthComputable && this.upload) this.upload.fraction = e.loaded / e.total;
-      };
-      xhr.onload = () => {
-        let detail = '';
-        try {
-          detail = JSON.parse(xhr.responseText).detail || '';
-        } catch {
-          detail = xhr.statusText;
-        }
-        if (xhr.status >= 200 && xhr.status < 300) this.toast('ok', file.name + ' uploaded');
-        else this.toast('error', file.name + ': ' + (detail || 'HTTP ' + xhr.status));
-        this.upload = null;
-        this.openIsos();
-      };
-      xhr.onerror = () => {
-        this.toast('error', file.name + ': the upload failed');
-        this.upload = null;
-      };
-      xhr.onabort = () => {
-        this.toast('ok', file.name + ': upload cancelled');
-        this.upload = null;
-      };
-      xhr.open('POST', '/api/isos');
-      xhr.setRequestHeader('Authorization', 'Bearer ' + token());
-      xhr.send(form);
+      const sending = upload('/api/isos', form, (fraction) => {
+        if (this.upload) this.upload.fraction = fraction;
+      });
+      this.upload = { name: file.name, fraction: 0, sending };
+      try {
+        await sending.done;
+        this.toast('ok', file.name + ' uploaded');
+      } catch (e) {
+        this.toast(e.aborted ? 'ok' : 'error', file.name + ': ' + (e.aborted ? 'upload cancelled' : e.message));
+      }
+      this.upload = null;
+      await this.openIsos();
     },
 
     cancelUpload() {
-      if (this.upload) this.upload.xhr.abort();
+      if (this.upload) this.upload.sending.abort();
     },
 
     isSeed(iso) {

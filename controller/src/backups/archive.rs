@@ -21,8 +21,6 @@ pub const MANIFEST: &str = "manifest.json";
 pub const INDEX: &str = "index.json";
 /// The largest index or manifest read (a VM's configuration and a few dozen members).
 const MAX_METADATA: u64 = 1 << 20;
-/// Kept free on the restore's filesystem whatever an archive announces.
-const FREE_SPACE_RESERVE: u64 = 256 << 20;
 /// Large sequential reads and writes: disk images are gigabytes.
 const IO_BUFFER: usize = 1 << 20;
 /// Blocks in flight between the thread that hashes and the one that archives or writes.
@@ -345,11 +343,6 @@ fn index_from_manifest(archive: &Path) -> anyhow::Result<Index> {
     bail!("the archive has no manifest (truncated?)")
 }
 
-/// Space free for a restore in `dir`, less a reserve.
-fn free_space(dir: &Path) -> anyhow::Result<u64> {
-    Ok(crate::storage::free_bytes(dir)?.saturating_sub(FREE_SPACE_RESERVE))
-}
-
 /// Checks what an index announces before anything is written: allowed names, each once, and a
 /// total that fits in `room`.
 fn check_index(index: &Index, room: u64) -> anyhow::Result<()> {
@@ -397,7 +390,7 @@ pub fn extract_verified(archive: &Path, dir: &Path, progress: OnProgress<'_>) ->
             } else {
                 index_from_manifest(archive)?
             };
-            check_index(&found, free_space(dir)?)?;
+            check_index(&found, crate::storage::room_for(dir)?)?;
             index = Some(found);
             if name_str == INDEX {
                 continue;
@@ -553,7 +546,7 @@ mod tests {
             format: FORMAT.into(),
             members: vec![IndexEntry { name: "disk0.qcow2".into(), size: 1 << 50 }],
         };
-        assert!(check_index(&big, free_space(out.path())?).is_err());
+        assert!(check_index(&big, crate::storage::room_for(out.path())?).is_err());
         // And one whose index lies about a member is stopped at that member's header.
         let data = dir.path().join("disk");
         std::fs::write(&data, vec![1u8; 8192])?;

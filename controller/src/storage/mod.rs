@@ -89,10 +89,15 @@ pub fn sweep_leftovers(dirs: &[PathBuf], vms_dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
-/// Bytes an unprivileged writer may still put on the filesystem holding `dir`.
-pub fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+/// Kept free on a filesystem whatever an upload or a restore brings.
+const FREE_SPACE_RESERVE: u64 = 256 << 20;
+
+/// Bytes an upload or a restore may still put on the filesystem holding `dir`: what an
+/// unprivileged writer has, less a reserve.
+pub fn room_for(dir: &Path) -> anyhow::Result<u64> {
     let st = nix::sys::statvfs::statvfs(dir).with_context(|| format!("free space of {}", dir.display()))?;
-    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+    Ok(free.saturating_sub(FREE_SPACE_RESERVE))
 }
 
 fn temporary_name(target: &Path) -> PathBuf {
