@@ -87,7 +87,7 @@ ensure_node() {
 # its sources; a fresh clone installs its npm packages first, exactly as the lock file names them.
 ensure_dashboard() {
   local stamp=frontend/dist/index.html
-  if [ -f "$stamp" ] && [ -z "$(find frontend/src frontend/build.mjs frontend/package.json \
+  if [ -f "$stamp" ] && [ -z "$(find frontend/src frontend/build.mjs frontend/package.json frontend/patches \
       frontend/package-lock.json -newer "$stamp" 2>/dev/null | head -n1)" ]; then
     return 0
   fi

@@ -66,7 +66,10 @@ export const del = (path) => call('DELETE', path);
 /** A binary answer (an image) as a Blob, with the session's token. */
 export async function getBlob(path) {
   const response = await fetch(path, { headers: { Authorization: 'Bearer ' + token() } });
-  if (!response.ok) throw new ApiError(response.status, 'HTTP ' + response.status, 0);
+  if (!response.ok) {
+    const [, detail] = await detailOf(response);
+    throw new ApiError(response.status, detail, 0);
+  }
   return response.blob();
 }
 

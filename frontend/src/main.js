@@ -6,8 +6,10 @@ import { audit } from './audit.js';
 import { auth } from './auth.js';
 import { backups } from './backups.js';
 import { cloudInit } from './cloudinit.js';
+import { consoles } from './console.js';
 import { isos } from './isos.js';
 import { jobs } from './jobs.js';
+import { monitoring } from './monitoring.js';
 import { shell } from './shell.js';
 import { vmPage } from './vm.js';
 import { vmForm } from './vmform.js';
@@ -46,9 +48,10 @@ function trapFocus(e) {
 }
 
 Alpine.data('app', () =>
-  compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), jobs(), cloudInit(), {
+  compose(shell(), auth(), vms(), vmForm(), vmPage(), volumes(), isos(), backups(), users(), audit(), jobs(), cloudInit(), consoles(), monitoring(), {
     async init() {
       this.initShell();
+      this.initConsole();
       whenSignedOut((message) => this.signedOut(message));
       window.addEventListener('keydown', (e) => {
         if (e.key === 'Tab') trapFocus(e);
@@ -60,6 +63,7 @@ Alpine.data('app', () =>
         }
       });
       window.addEventListener('hashchange', () => this.onRoute());
+      document.addEventListener('visibilitychange', () => this.chartsVisible());
       await this.loadUser();
       this.afterLogin();
     },
@@ -67,9 +71,11 @@ Alpine.data('app', () =>
     /** Loads what the view the URL names shows. */
     onRoute() {
       if (!this.ready()) return;
+      if (this.route !== 'vm') this.leaveVmPage();
+      if (this.chartsFor && this.chartsFor !== (this.route === 'monitoring' ? 'monitoring' : 'page:' + this.routeParam)) this.closeCharts();
       const open = {
-        vm: 'openVmPage', volumes: 'openVolumes', isos: 'openIsos', backups: 'openBackups',
-        users: 'openUsers', audit: 'openAudit',
+        vm: 'openVmPage', volumes: 'openVolumes', isos: 'openIsos', backups: 'openBackups', monitoring: 'openMonitoring',
+        users: 'openUsers', audit: 'openAudit', console: 'openPoppedConsole',
       }[this.route];
       if (open) this[open]();
     },

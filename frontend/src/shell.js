@@ -6,6 +6,7 @@ export function shell() {
   return {
     route: 'dashboard',
     routeParam: '',
+    routeExtra: '',
     theme: localStorage.getItem(THEME_KEY) || 'dark',
     toasts: [],
     sidebarOpen: false,
@@ -18,23 +19,19 @@ export function shell() {
     },
 
     readRoute() {
-      const [route, param] = location.hash.replace(/^#\/?/, '').split('/');
+      const [route, param, extra] = location.hash.replace(/^#\/?/, '').split('/');
       this.route = route || 'dashboard';
       this.routeParam = param || '';
+      this.routeExtra = extra || '';
       this.sidebarOpen = false;
     },
 
     viewTitle() {
       const titles = {
         dashboard: 'Dashboard', volumes: 'Volumes', backups: 'Backups', isos: 'ISOs',
-        monitoring: 'Monitoring', users: 'Users', audit: 'Audit', vm: 'Virtual machine',
+        monitoring: 'Monitoring', users: 'Users', audit: 'Audit', vm: 'Virtual machine', console: 'Console',
       };
       return titles[this.route] || 'Fast VM';
-    },
-
-    /** Views still to come. */
-    placeholderRoute() {
-      return this.route === 'monitoring';
     },
 
     isAdminRoute(name) {
@@ -57,6 +54,8 @@ export function shell() {
       this.theme = this.theme === 'dark' ? 'light' : 'dark';
       localStorage.setItem(THEME_KEY, this.theme);
       this.applyTheme();
+      // Charts take their colours when made.
+      if (this.chartsFor) this.showCharts(this.chartsFor);
     },
 
     applyTheme() {

@@ -29,12 +29,18 @@ export function vmPage() {
       return this.vms.find((v) => v.id === this.routeParam) || null;
     },
 
+    /** The page's terminal goes with it (a console stays: it lives beside every view). */
+    leaveVmPage() {
+      this.closeSerial();
+      this.page.id = '';
+    },
+
     async openVmPage() {
       const id = this.routeParam;
       if (!id || this.page.id === id) return;
       this.closeSerial();
-      this.closeVncConsole();
       this.page = emptyPage(id);
+      this.showCharts('page:' + id);
       await Promise.all([this.loadLogs(), this.loadSnapshots(), this.loadVmBackups(), this.loadSchedule(), this.loadVmVolumes(), this.loadGuest()]);
     },
 
@@ -94,54 +100,6 @@ export function vmPage() {
       const path = '/api/vms/' + this.page.id + '/snapshots/' + s.id;
       await this.attempt('snapshot', 'Delete', () => del(path), 'Snapshot ' + s.name + ' deleted');
       await this.loadSnapshots();
-    },
-
-    vncConsole: null,
-    vncState: '',
-    vncText: '',
-
-    async openVncConsole() {
-      if (this.vncConsole) return;
-      this.vncState = 'connecting';
-      try {
-        const access = await get('/api/vms/' + this.page.id + '/vnc');
-        const { openVnc } = await import('./vnc.js');
-        this.vncConsole = openVnc(document.getElementById('vnc-screen'), access.ws_url, (why) => {
-          if (this.vncConsole) this.vncState = 'Disconnected: ' + why;
-        });
-        this.vncState = 'connected';
-      } catch (e) {
-        this.vncState = 'Could not open: ' + e.message;
-      }
-    },
-
-    closeVncConsole() {
-      if (this.vncConsole) this.vncConsole.close();
-      this.vncConsole = null;
-      this.vncState = '';
-    },
-
-    vncOpen() {
-      return this.vncState !== '';
-    },
-
-    vncNote() {
-      return this.vncState === 'connected' || this.vncState === 'connecting' ? '' : this.vncState;
-    },
-
-    vncCtrlAltDel() {
-      if (this.vncConsole) this.vncConsole.ctrlAltDel();
-    },
-
-    async vncType() {
-      const text = this.vncText;
-      this.vncText = '';
-      if (this.vncConsole && text) await this.vncConsole.type(text + '\n');
-    },
-
-    vncFullscreen() {
-      const el = document.getElementById('vnc-screen');
-      if (el && el.requestFullscreen) el.requestFullscreen();
     },
 
     serialTerm: null,

@@ -93,6 +93,7 @@ export function vms() {
         const byId = {};
         for (const v of m.vms || []) byId[v.vm_id] = v;
         this.vmMetrics = byId;
+        this.chartsLive(m);
       } else if (m.type === 'job') {
         this.onJob(m.job);
       } else if (m.type === 'vm_state') {

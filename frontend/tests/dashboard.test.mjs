@@ -216,7 +216,7 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await page.getByRole('button', { name: 'Open serial terminal' }).click();
   const terminal = page.getByTestId('serial-terminal');
   await terminal.locator('.xterm-rows').filter({ hasText: 'FASTVM' }).waitFor({ timeout: 30000 });
-  assert.equal(chunks.length, 1, 'the terminal came in its own chunk (and nothing of the graphical console)');
+  assert.equal(chunks.length, 1, 'the terminal came in its own chunk (and nothing of the graphical consoles)');
   await terminal.click();
   await page.keyboard.type('echo FASTVM-SERIAL-$((40+2))');
   await page.keyboard.press('Enter');
@@ -225,28 +225,6 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await page.getByRole('button', { name: 'Close terminal' }).click();
   await page.getByRole('button', { name: 'Refresh' }).click();
   await page.getByTestId('serial-log').filter({ hasText: 'FASTVM-SERIAL-42' }).waitFor();
-
-  // The graphical console (noVNC): the guest's screen is drawn, and text typed into it reaches the
-  // shell on the guest's first console, which writes it to the serial port (the serial log never
-  // sees the command itself, typed on tty1).
-  await page.getByRole('button', { name: 'Open console' }).click();
-  await page.waitForFunction(() => {
-    const canvas = document.querySelector('#vnc-screen canvas');
-    if (!canvas || canvas.width < 100) return false;
-    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-    for (let i = 4; i < data.length; i += 4 * 97) if (data[i] !== data[0] || data[i + 1] !== data[1]) return true;
-    return false;
-  }, null, { timeout: 30000 });
-  assert.equal(chunks.length, 2, 'the console came in a chunk of its own when it opened');
-  await page.getByLabel('Text to type').fill('echo FASTVM-KEYS-OK > /dev/ttyS0');
-  await page.getByRole('button', { name: 'Type text' }).click();
-  await shoot(page, 'vm-vnc-console');
-  const keysDeadline = Date.now() + 60000;
-  while (!(await api('GET', `/api/vms/${vm.id}/logs?lines=50`, token)).body.serial_log.includes('FASTVM-KEYS-OK')) {
-    assert.ok(Date.now() < keysDeadline, 'the typed text never reached the guest');
-    await page.waitForTimeout(1000);
-  }
-  await page.getByRole('button', { name: 'Close console' }).click();
 
   // A new volume, hot-plugged into the running guest.
   await page.getByLabel('New volume').fill('hot disk');
@@ -335,6 +313,173 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   for (const v of (await api('GET', '/api/volumes', token)).body) {
     assert.equal((await api('DELETE', `/api/volumes/${v.id}`, token)).status, 200, 'the restored VM\'s copy of the volume');
   }
+  assert.deepEqual(problems, []);
+});
+
+/** Resolves once the console's canvas shows something other than one colour. */
+async function screenDrawn(page, selector = '#console-screen canvas') {
+  await page.waitForFunction((sel) => {
+    const canvas = document.querySelector(sel);
+    if (!canvas || canvas.width < 100) return false;
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 4; i < data.length; i += 4 * 97) if (data[i] !== data[0] || data[i + 1] !== data[1]) return true;
+    return false;
+  }, selector, { timeout: 30000 }).catch(async (e) => {
+    await shoot(page, 'console-not-drawn');
+    throw e;
+  });
+}
+
+/** Waits until the VM's serial log holds `marker` `times` times. */
+async function serialShows(token, id, marker, times = 1) {
+  const deadline = Date.now() + 60000;
+  for (;;) {
+    const log = (await api('GET', `/api/vms/${id}/logs?lines=200`, token)).body.serial_log;
+    if (log.split(marker).length - 1 >= times) return;
+    assert.ok(Date.now() < deadline, `the serial log never showed ${marker} (${times}×)`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+test('the graphical consoles (SPICE and VNC) and the monitoring charts, on a running guest', async () => {
+  const token = await tokenOf('admin', 'browser-pass-1');
+  const made = await api('POST', '/api/vms', token, {
+    name: 'console vm', memory: 256, cpus: 1, disk_size: 1, iso_path: guestIso, firmware: 'bios', boot_order: ['cdrom', 'disk'],
+  });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  const vm = made.body.vm;
+  assert.equal((await api('POST', `/api/vms/${vm.id}/start`, token)).status, 200);
+  await serialShows(token, vm.id, 'FASTVM-GUEST-READY');
+
+  const page = await watchedPage({ width: 1440, height: 900 });
+  const chunks = [];
+  page.on('request', (r) => {
+    if (/\/assets\/chunk-/.test(r.url())) chunks.push(r.url());
+  });
+  await page.goto(base + '/');
+  await page.getByLabel('Username').fill('admin');
+  await page.getByLabel('Password').fill('browser-pass-1');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.goto(base + '/#/vm/' + vm.id);
+  await page.getByTestId('vm-name').filter({ hasText: 'console vm' }).waitFor();
+  // The page's charts have drawn the VM's history (their code came in its own chunk).
+  await page.waitForFunction(() => Number(document.querySelector('[data-chart="page-cpu"]')?.dataset.points) > 1, null, { timeout: 30000 });
+  const beforeConsole = chunks.length;
+
+  // SPICE in the split panel: its code comes only now; the guest's screen is drawn.
+  let clicked = Date.now();
+  await page.getByRole('button', { name: 'SPICE console' }).click();
+  await screenDrawn(page);
+  const spiceFrameMs = Date.now() - clicked;
+  assert.ok(chunks.length > beforeConsole, 'the SPICE client came in a chunk of its own when the console opened');
+  const spiceChunks = chunks.slice(beforeConsole);
+  assert.equal(await page.getByTestId('console-title').textContent(), 'console vm · SPICE');
+  // "Type text" reaches the shell on the guest's first console, which writes to the serial port.
+  await page.getByLabel('Text to type').fill('echo FASTVM-KEYS-OK > /dev/ttyS0');
+  await page.getByRole('button', { name: 'Type text' }).click();
+  await serialShows(token, vm.id, 'FASTVM-KEYS-OK');
+  // Ctrl+Alt+Del reaches the guest's keyboard: the test guest reports it on serial.
+  await page.getByRole('button', { name: 'Ctrl+Alt+Del' }).click();
+  await serialShows(token, vm.id, 'FASTVM-CTRL-ALT-DEL');
+  await shoot(page, 'console-spice-split');
+  // The split panel is resized by its edge; the screen stays scaled inside it.
+  const edge = page.getByRole('separator', { name: 'Resize the console' });
+  const box = await edge.boundingBox();
+  await page.mouse.move(box.x + 3, box.y + 200);
+  await page.mouse.down();
+  await page.mouse.move(box.x - 200, box.y + 200, { steps: 5 });
+  await page.mouse.up();
+  const fit = await page.evaluate(() => {
+    const panel = document.getElementById('console-panel');
+    const canvas = document.querySelector('#console-screen canvas');
+    return { panel: panel.clientWidth, canvas: canvas.getBoundingClientRect().width };
+  });
+  assert.ok(fit.panel > Math.round(1440 / 2) + 150, `the panel grew: ${fit.panel}px`);
+  assert.ok(fit.panel <= 1440 - 560, 'the view keeps its room');
+  assert.ok(fit.canvas <= fit.panel, 'the screen fits the panel');
+  // Fullscreen, and back.
+  await page.getByRole('button', { name: 'Fullscreen' }).click();
+  await page.waitForFunction(() => document.fullscreenElement && document.fullscreenElement.id === 'console-panel');
+  await shoot(page, 'console-spice-fullscreen');
+  await page.evaluate(() => document.exitFullscreen());
+  // A remote-viewer file for the same console.
+  const [vv] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'remote-viewer file' }).click()]);
+  const vvText = await (await import('node:fs/promises')).readFile(await vv.path(), 'utf8');
+  assert.match(vvText, /^\[virt-viewer\]\ntype=spice\n/);
+  assert.match(vvText, /\npassword=\w{24}\n/);
+
+  // Popped out into a window of its own: the console leaves this page for it.
+  const [popup] = await Promise.all([page.waitForEvent('popup'), page.getByRole('button', { name: 'Pop out' }).click()]);
+  popup.on('pageerror', (e) => problems.push('popup page error: ' + e.message));
+  await screenDrawn(popup);
+  await page.getByRole('complementary', { name: 'Console' }).waitFor({ state: 'hidden' });
+  await popup.setViewportSize({ width: 1024, height: 800 });
+  await shoot(popup, 'console-popped-out');
+  // Its Close button closes the window (the click itself may not see its end).
+  await Promise.all([popup.waitForEvent('close'), popup.getByRole('button', { name: 'Close console' }).click().catch(() => {})]);
+
+  // noVNC: the same drawing and typing; a combination from the key menu.
+  clicked = Date.now();
+  await page.getByRole('button', { name: 'VNC console' }).click();
+  await screenDrawn(page);
+  const vncFrameMs = Date.now() - clicked;
+  assert.ok(chunks.slice(beforeConsole).some((c) => !spiceChunks.includes(c)), 'noVNC came in its own chunk');
+  await page.getByLabel('Text to type').fill('echo FASTVM-VNC-KEYS-OK > /dev/ttyS0');
+  await page.getByRole('button', { name: 'Type text' }).click();
+  await serialShows(token, vm.id, 'FASTVM-VNC-KEYS-OK');
+  await page.getByLabel('Send keys').selectOption('Ctrl+Alt+Del');
+  await serialShows(token, vm.id, 'FASTVM-CTRL-ALT-DEL', 2);
+  await shoot(page, 'console-vnc-split');
+  await page.getByRole('button', { name: 'Close console' }).click();
+  console.log(`# first frame after clicking Console: SPICE ${spiceFrameMs} ms, VNC ${vncFrameMs} ms`);
+
+  // Monitoring: make the guest busy through the serial terminal; the VM's CPU line rises live.
+  await page.getByRole('link', { name: 'Monitoring' }).click();
+  await page.getByRole('heading', { name: 'Monitoring' }).waitFor();
+  await page.getByLabel('VM to show').selectOption(vm.id);
+  const cpuOf = async () => Number.parseFloat(await page.locator('[data-chart="vm-cpu"] [data-testid="chart-latest"]').textContent()) || 0;
+  const hostPoints = async () => Number(await page.locator('[data-chart="host-cpu"]').getAttribute('data-points'));
+  await page.waitForFunction(() => Number(document.querySelector('[data-chart="host-cpu"]')?.dataset.points) > 2, null, { timeout: 30000 });
+  const idle = await cpuOf();
+  const pointsBefore = await hostPoints();
+  await page.getByRole('link', { name: 'console vm' }).click();
+  await page.getByRole('button', { name: 'Open serial terminal' }).click();
+  const terminal = page.getByTestId('serial-terminal');
+  await terminal.locator('.xterm-rows').filter({ hasText: 'FASTVM' }).waitFor({ timeout: 30000 });
+  await terminal.click();
+  await page.keyboard.type('while :; do :; done &');
+  await page.keyboard.press('Enter');
+  await page.getByRole('link', { name: 'Monitoring' }).click();
+  await page.getByLabel('VM to show').selectOption(vm.id);
+  const busyDeadline = Date.now() + 60000;
+  let busy = await cpuOf();
+  while (!(busy >= 70 && busy > idle + 20)) {
+    assert.ok(Date.now() < busyDeadline, `the VM's CPU line never rose (idle ${idle} %, now ${busy} %)`);
+    await page.waitForTimeout(1000);
+    busy = await cpuOf();
+  }
+  assert.ok((await hostPoints()) > pointsBefore, 'the host charts move with live data');
+  for (const theme of ['dark', 'light']) {
+    await setTheme(page, theme);
+    await page.getByRole('button', { name: '10 min' }).click();
+    await page.waitForFunction(() => Number(document.querySelector('[data-chart="vm-cpu"]')?.dataset.points) > 2);
+    await shoot(page, `monitoring-${theme}-desktop`);
+  }
+  await setTheme(page, 'dark');
+  await page.getByRole('button', { name: '24 h' }).click();
+  await page.getByRole('button', { name: '24 h' }).and(page.locator('.btn-primary')).waitFor();
+
+  // The VM stops under an open console: the panel says so.
+  await page.getByRole('link', { name: 'console vm' }).click();
+  await page.getByRole('button', { name: 'SPICE console' }).click();
+  await screenDrawn(page);
+  assert.equal((await api('POST', `/api/vms/${vm.id}/stop?force=true`, token)).status, 200);
+  await page.getByTestId('console-note').filter({ hasText: 'VM stopped' }).waitFor({ timeout: 20000 });
+  await page.getByRole('button', { name: 'Reconnect' }).click();
+  await page.getByTestId('console-note').filter({ hasText: 'VM stopped' }).waitFor({ timeout: 20000 });
+  await shoot(page, 'console-vm-stopped');
+  await page.getByRole('button', { name: 'Close console' }).click();
+  assert.equal((await api('DELETE', `/api/vms/${vm.id}`, token)).status, 200);
   assert.deepEqual(problems, []);
 });
 

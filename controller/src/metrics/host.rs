@@ -1,5 +1,6 @@
-//! Host readings: CPU (total and per core), memory, the data directory's filesystem, network
-//! throughput, load and uptime. CPU and network figures are rates since the previous reading.
+//! Host readings: CPU (total and per core), memory, the data directory's filesystem, disk and
+//! network throughput, load and uptime. CPU, disk and network figures are rates since the previous
+//! reading.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,6 +24,11 @@ pub struct HostMetrics {
     pub disk_total_gb: f64,
     pub disk_used_gb: f64,
     pub disk_percent: f64,
+    /// All physical block devices (not loop, RAM or device-mapper ones, which would count twice).
+    #[serde(default)]
+    pub disk_read_bytes_per_s: f64,
+    #[serde(default)]
+    pub disk_write_bytes_per_s: f64,
     /// All interfaces but loopback.
     pub net_rx_bytes_per_s: f64,
     pub net_tx_bytes_per_s: f64,
@@ -37,6 +43,8 @@ pub struct HostSampler {
     networks: Networks,
     data_dir: PathBuf,
     last: Instant,
+    /// Bytes (read, written) of the physical disks at the previous reading.
+    disk_bytes: Option<(u64, u64)>,
 }
 
 fn round2(x: f64) -> f64 {
@@ -45,6 +53,26 @@ fn round2(x: f64) -> f64 {
 
 fn percent(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { round2(part / whole * 100.0) } else { 0.0 }
+}
+
+/// Bytes (read, written) by whole physical disks since boot, from `/proc/diskstats` (sectors are
+/// 512 bytes there whatever the device's own sector size).
+fn disk_bytes() -> Option<(u64, u64)> {
+    let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+    Some(
+        stats
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let name = f.get(2)?;
+                // Partitions and virtual devices have no `device` link under /sys/block.
+                if !Path::new("/sys/block").join(name).join("device").exists() {
+                    return None;
+                }
+                Some((f.get(5)?.parse::<u64>().ok()? * 512, f.get(9)?.parse::<u64>().ok()? * 512))
+            })
+            .fold((0, 0), |(r, w), (dr, dw)| (r + dr, w + dw)),
+    )
 }
 
 /// (total, used) bytes of the filesystem holding `path`.
@@ -70,6 +98,7 @@ impl HostSampler {
             networks: Networks::new_with_refreshed_list(),
             data_dir,
             last: Instant::now(),
+            disk_bytes: disk_bytes(),
         }
     }
 
@@ -85,6 +114,12 @@ impl HostSampler {
             .filter(|(name, _)| name.as_str() != "lo")
             .fold((0u64, 0u64), |(r, t), (_, n)| (r + n.received(), t + n.transmitted()));
         let (disk_total, disk_used) = filesystem(&self.data_dir);
+        let disks = disk_bytes();
+        let (read, written) = match (self.disk_bytes, disks) {
+            (Some((r0, w0)), Some((r1, w1))) => (r1.saturating_sub(r0), w1.saturating_sub(w0)),
+            _ => (0, 0),
+        };
+        self.disk_bytes = disks;
         let total = self.system.total_memory() as f64;
         let used = total - self.system.available_memory() as f64;
         let load = System::load_average();
@@ -98,6 +133,8 @@ impl HostSampler {
             disk_total_gb: round2(disk_total / GB),
             disk_used_gb: round2(disk_used / GB),
             disk_percent: percent(disk_used, disk_total),
+            disk_read_bytes_per_s: (read as f64 / elapsed).round(),
+            disk_write_bytes_per_s: (written as f64 / elapsed).round(),
             net_rx_bytes_per_s: (rx as f64 / elapsed).round(),
             net_tx_bytes_per_s: (tx as f64 / elapsed).round(),
             load_1: load.one,
@@ -105,5 +142,24 @@ impl HostSampler {
             load_15: load.fifteen,
             uptime_seconds: System::uptime(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_synced_write_shows_in_the_disk_counters() -> std::io::Result<()> {
+        let before = disk_bytes().expect("/proc/diskstats lists a physical disk");
+        let dir = tempfile::tempdir_in(std::env::current_dir()?)?;
+        let mut f = std::fs::File::create(dir.path().join("blob"))?;
+        f.write_all(&vec![7u8; 4 << 20])?;
+        f.sync_all()?;
+        let after = disk_bytes().expect("still readable");
+        assert!(after.1 >= before.1 + (4 << 20), "{before:?} -> {after:?}");
+        Ok(())
     }
 }
