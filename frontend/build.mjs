@@ -48,6 +48,10 @@ rmSync(tmpCss);
 const cssName = 'app-' + createHash('sha256').update(css).digest('hex').slice(0, 8).toUpperCase() + '.css';
 writeFileSync(join(assets, cssName), css);
 
+const icon = readFileSync('src/favicon.svg');
+const iconName = 'favicon-' + createHash('sha256').update(icon).digest('hex').slice(0, 8).toUpperCase() + '.svg';
+writeFileSync(join(assets, iconName), icon);
+
 // Each view's markup lives in src/views/; the page takes them in where it names them (and a view
 // takes in its parts the same way).
 const include = (text) =>
@@ -56,6 +60,7 @@ const include = (text) =>
   );
 const html = include(readFileSync('src/index.html', 'utf8'))
   .replace('@CSS@', cssName)
+  .replace('@ICON@', iconName)
   .replace('@JS@', jsName);
 if (html.includes('<!-- include')) throw new Error('an include was not resolved');
 writeFileSync(join(dist, 'index.html'), html);

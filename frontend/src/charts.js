@@ -18,6 +18,9 @@ export function lineChart(canvas, { series, format, seconds, max, least }) {
   const dark = document.documentElement.classList.contains('dark');
   const grid = dark ? 'rgba(148,163,184,0.15)' : 'rgba(100,116,139,0.2)';
   const text = dark ? '#94a3b8' : '#475569';
+  // A canvas holds one chart: whatever drew here before goes first.
+  const before = Chart.getChart(canvas);
+  if (before) before.destroy();
   const chart = new Chart(canvas, {
     type: 'line',
     data: {

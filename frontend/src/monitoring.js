@@ -47,6 +47,8 @@ export const RANGES = [{ minutes: 10, label: '10 min' }, { minutes: 60, label: '
 // Chart objects stay outside Alpine's reactive state (its proxies would wrap Chart.js internals).
 let drawn = [];
 let watcher = null;
+/** Bumped whenever charts go: a showCharts that resumes after an await and finds it changed gives way. */
+let generation = 0;
 
 export function monitoring() {
   return {
@@ -104,6 +106,7 @@ export function monitoring() {
 
     async showCharts(where) {
       this.closeCharts();
+      const mine = generation;
       this.chartsFor = where;
       const { minutes, groups } = this.groups(where);
       const vmId = where === 'monitoring' ? '' : groups[0].source;
@@ -116,11 +119,11 @@ export function monitoring() {
         this.toast('error', 'Metrics: ' + e.message);
         return [null, null];
       });
-      if (!lineChart || this.chartsFor !== where) return;
+      if (!lineChart || mine !== generation) return;
       // A page opened by its URL draws once the VM list has come.
       const first = 'chart-' + groups[groups.length - 1].prefix + '-cpu';
       for (let i = 0; i < 50 && !document.getElementById(first); i++) await new Promise((r) => setTimeout(r, 100));
-      if (this.chartsFor !== where) return;
+      if (mine !== generation) return;
       watcher = new IntersectionObserver((entries) => {
         for (const entry of entries) {
           const c = drawn.find((d) => d.canvas === entry.target);
@@ -169,6 +172,7 @@ export function monitoring() {
     },
 
     closeCharts() {
+      generation++;
       if (watcher) watcher.disconnect();
       watcher = null;
       for (const c of drawn) c.chart.destroy();

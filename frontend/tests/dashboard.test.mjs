@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } f
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before, beforeEach, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 const root = resolve(import.meta.dirname, '..', '..');
@@ -96,13 +96,22 @@ after(async () => {
   spawn('pkill', ['-f', dataDir]).once('exit', () => rmSync(dataDir, { recursive: true, force: true }));
 });
 
+// Each test answers for the problems of its own pages.
+beforeEach(() => {
+  problems.length = 0;
+});
+
 /** A page that records every problem: page errors, CSP violations, requests to other hosts. */
 async function watchedPage(viewport) {
   const context = await browser.newContext({ viewport });
   await context.addInitScript(() => {
     document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation: ' + e.violatedDirective));
   });
-  const page = await context.newPage();
+  return watch(await context.newPage());
+}
+
+/** Records the page's problems (also for a window the dashboard opens). */
+function watch(page) {
   page.on('pageerror', (e) => problems.push('page error: ' + e.message));
   page.on('console', (m) => {
     if (m.type() === 'error' && /Content Security Policy|CSP violation/.test(m.text())) problems.push(m.text());
@@ -410,7 +419,7 @@ test('the graphical consoles (SPICE and VNC) and the monitoring charts, on a run
 
   // Popped out into a window of its own: the console leaves this page for it.
   const [popup] = await Promise.all([page.waitForEvent('popup'), page.getByRole('button', { name: 'Pop out' }).click()]);
-  popup.on('pageerror', (e) => problems.push('popup page error: ' + e.message));
+  watch(popup);
   await screenDrawn(popup);
   await page.getByRole('complementary', { name: 'Console' }).waitFor({ state: 'hidden' });
   await popup.setViewportSize({ width: 1024, height: 800 });
