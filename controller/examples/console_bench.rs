@@ -275,7 +275,11 @@ async fn main() -> std::result::Result<(), Error> {
     call(&client, &base, &format!("/api/vms/{id}/start"), &token, json!({})).await?;
 
     // The guest is paused so its emulation does not compete with the measurement for the CPU.
-    controller::qmp::command(&data.path().join("run").join(&id).join("qmp.sock"), "stop", None).await?;
+    controller::qmp::run(
+        &data.path().join("run").join(&id).join("qmp.sock"),
+        &controller::qmp::Command::stop(),
+    )
+    .await?;
     let socket: PathBuf = data.path().join("run").join(&id).join("vnc.sock");
     std::fs::remove_file(&socket)?;
     tokio::spawn(data_server(UnixListener::bind(&socket)?));

@@ -1,14 +1,17 @@
-//! A minimal QMP client: one connection per operation (QEMU serves one client per monitor socket,
-//! and short connections leave the socket free for the next caller).
+//! The QMP client: one connection per operation (QEMU serves one client per monitor socket, and
+//! short connections leave the socket free for the next caller), speaking the typed commands and
+//! messages of `vmrunner::qmp`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+pub use vmrunner::qmp::Command;
+use vmrunner::qmp::{MAX_MESSAGE, Message};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -19,7 +22,8 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    /// Connects, reads the greeting and leaves capabilities negotiation done.
+    /// Connects, reads the greeting (past any events QEMU kept for an earlier client) and leaves
+    /// capabilities negotiation done.
     pub async fn connect(socket: &Path) -> anyhow::Result<Qmp> {
         let stream = tokio::time::timeout(TIMEOUT, UnixStream::connect(socket))
             .await
@@ -27,90 +31,83 @@ impl Qmp {
             .with_context(|| format!("connecting to {}", socket.display()))?;
         let (r, w) = stream.into_split();
         let mut qmp = Qmp { reader: BufReader::new(r), writer: w, next_id: 1 };
-        let greeting = qmp.read_message().await?;
-        if greeting.get("QMP").is_none() {
-            bail!("not a QMP greeting: {greeting}");
+        loop {
+            match qmp.read_message().await? {
+                Message::Greeting { .. } => break,
+                Message::Event { .. } => continue,
+                other => bail!("QMP spoke before its greeting: {other:?}"),
+            }
         }
-        qmp.execute("qmp_capabilities", None).await?;
+        qmp.execute(&Command::capabilities()).await?;
         Ok(qmp)
     }
 
-    async fn read_message(&mut self) -> anyhow::Result<Value> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(TIMEOUT, self.reader.read_line(&mut line))
+    async fn read_message(&mut self) -> anyhow::Result<Message> {
+        let mut line = Vec::new();
+        let limit = MAX_MESSAGE as u64 + 1;
+        let n = tokio::time::timeout(TIMEOUT, (&mut self.reader).take(limit).read_until(b'\n', &mut line))
             .await
             .context("QMP read timed out")??;
         if n == 0 {
             bail!("QMP connection closed");
         }
-        Ok(serde_json::from_str(&line)?)
+        Ok(Message::parse(line.strip_suffix(b"\n").unwrap_or(&line))?)
     }
 
     /// Runs a command and returns its `return` value; events that arrive meanwhile are skipped.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn execute(&mut self, command: &Command) -> anyhow::Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut msg = json!({"execute": command, "id": id});
-        if let Some(args) = arguments {
-            msg["arguments"] = args;
-        }
-        let mut bytes = serde_json::to_vec(&msg)?;
-        bytes.push(b'\n');
-        self.writer.write_all(&bytes).await.context("QMP write")?;
+        self.writer.write_all(&command.encode(id)).await.context("QMP write")?;
         loop {
-            let reply = self.read_message().await?;
-            if reply.get("id").and_then(Value::as_u64) != Some(id) {
-                continue;
+            match self.read_message().await? {
+                Message::Return { id: Some(got), value } if got == id => return Ok(value),
+                Message::Error { id: Some(got), desc, .. } if got == id => {
+                    bail!("QMP {}: {}", command.name(), if desc.is_empty() { "error" } else { &desc })
+                }
+                _ => continue,
             }
-            if let Some(err) = reply.get("error") {
-                bail!("QMP {command}: {}", err.get("desc").and_then(Value::as_str).unwrap_or("error"));
-            }
-            return Ok(reply.get("return").cloned().unwrap_or(Value::Null));
         }
     }
 }
 
-/// `query-status`'s `status` (e.g. `running`, `paused`, `shutdown`), or None when QMP does not answer.
+/// QEMU's run state (e.g. `running`, `paused`, `shutdown`), or None when QMP does not answer.
 pub async fn status(socket: &Path) -> Option<String> {
-    let mut q = Qmp::connect(socket).await.ok()?;
-    let r = q.execute("query-status", None).await.ok()?;
-    r.get("status").and_then(Value::as_str).map(String::from)
+    let reply = run(socket, &Command::query_status()).await.ok()?;
+    vmrunner::qmp::run_state(&reply).map(String::from)
 }
 
 /// Sends one command on a fresh connection.
-pub async fn command(socket: &Path, command: &str, arguments: Option<Value>) -> anyhow::Result<Value> {
-    Qmp::connect(socket).await?.execute(command, arguments).await
+pub async fn run(socket: &Path, command: &Command) -> anyhow::Result<Value> {
+    Qmp::connect(socket).await?.execute(command).await
 }
 
-/// Runs a QMP job command to its end: adds a `job-id` (and `auto-dismiss: false`, so a failure can
-/// be read), polls `query-jobs` until the job concludes, dismisses it, and reports its error.
-/// `progress` gets the job's (current, total) progress as QEMU reports it.
+/// Runs a QMP job to its end: `command` gets a fresh job id, `query-jobs` is polled until the job
+/// concludes, which dismisses it, and its error is reported. `progress` gets the job's (current,
+/// total) as QEMU reports it.
 pub async fn run_job(
     socket: &Path,
-    command: &str,
-    mut arguments: Value,
+    command: impl FnOnce(&str) -> Command,
     timeout: Duration,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<()> {
     let job_id = format!("fastvm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    arguments["job-id"] = json!(job_id);
-    if command == "blockdev-backup" {
-        arguments["auto-dismiss"] = json!(false);
-    }
-    self::command(socket, command, Some(arguments)).await?;
+    let command = command(&job_id);
+    let name = command.name();
+    run(socket, &command).await?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let jobs = self::command(socket, "query-jobs", None).await?;
+        let jobs = run(socket, &Command::query_jobs()).await?;
         let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["id"] == job_id.as_str())).cloned();
         match job {
             Some(j) if j["status"] == "concluded" => {
-                let _ = self::command(socket, "job-dismiss", Some(json!({"id": job_id}))).await;
+                let _ = run(socket, &Command::job_dismiss(&job_id)).await;
                 return match j["error"].as_str() {
-                    Some(e) => Err(anyhow::anyhow!("{command}: {e}")),
+                    Some(e) => Err(anyhow::anyhow!("{name}: {e}")),
                     None => Ok(()),
                 };
             }
-            None => bail!("{command}: the job disappeared"),
+            None => bail!("{name}: the job disappeared"),
             Some(j) if std::time::Instant::now() <= deadline => {
                 if let (Some(cur), Some(total)) =
                     (j["current-progress"].as_u64(), j["total-progress"].as_u64())
@@ -119,7 +116,92 @@ pub async fn run_job(
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Some(_) => bail!("{command}: still running after {timeout:?}"),
+            Some(_) => bail!("{name}: still running after {timeout:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// A fake monitor: sends `before` on connect, then answers each command with `answer(n, line)`;
+    /// no answer closes the connection.
+    async fn monitor(
+        before: &'static [&'static str],
+        answer: fn(u64, &Value) -> Vec<String>,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (r, mut w) = stream.into_split();
+            for line in before {
+                let _ = w.write_all(format!("{line}\n").as_bytes()).await;
+            }
+            let mut lines = BufReader::new(r).lines();
+            let mut n = 0;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else { return };
+                let replies = answer(n, &v);
+                if replies.is_empty() {
+                    return;
+                }
+                for reply in replies {
+                    let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
+                }
+                n += 1;
+            }
+        });
+        (dir, path)
+    }
+
+    const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}"#;
+    const LEFTOVER: &str = r#"{"event": "JOB_STATUS_CHANGE", "data": {"status": "null", "id": "old"}}"#;
+
+    fn ok_with_status(_: u64, v: &Value) -> Vec<String> {
+        let id = &v["id"];
+        match v["execute"].as_str() {
+            // An event between the command and its reply, and a reply to someone else's id.
+            Some("query-status") => vec![
+                r#"{"event": "STOP"}"#.into(),
+                serde_json::json!({"return": {"status": "wrong"}, "id": 999}).to_string(),
+                serde_json::json!({"return": {"status": "paused"}, "id": id}).to_string(),
+            ],
+            Some("cont") => vec![
+                serde_json::json!({"error": {"class": "GenericError", "desc": "nope"}, "id": id}).to_string(),
+            ],
+            _ => vec![serde_json::json!({"return": {}, "id": id}).to_string()],
+        }
+    }
+
+    #[tokio::test]
+    async fn events_before_the_greeting_and_before_a_reply_are_passed_over() {
+        let (_dir, path) = monitor(&[LEFTOVER, LEFTOVER, GREETING], ok_with_status).await;
+        assert_eq!(status(&path).await.as_deref(), Some("paused"));
+    }
+
+    #[tokio::test]
+    async fn an_error_reply_names_the_command() {
+        let (_dir, path) = monitor(&[GREETING], ok_with_status).await;
+        let err = run(&path, &Command::cont()).await.expect_err("refused");
+        assert_eq!(format!("{err:#}"), "QMP cont: nope");
+    }
+
+    #[tokio::test]
+    async fn a_closed_socket_and_a_reply_too_large_are_errors() {
+        let (_dir, path) = monitor(&[GREETING], |_, _| vec![]).await;
+        let closed = Qmp::connect(&path).await.map(|_| ()).expect_err("closed before replying");
+        assert!(format!("{closed:#}").contains("QMP connection closed"), "{closed:#}");
+        let (_dir2, path2) = monitor(&[GREETING], |_, v| {
+            vec![format!(r#"{{"return": "{}", "id": {}}}"#, "x".repeat(MAX_MESSAGE), v["id"])]
+        })
+        .await;
+        let err = Qmp::connect(&path2).await.map(|_| ()).expect_err("too large");
+        assert!(format!("{err:#}").contains("more than"), "{err:#}");
     }
 }

@@ -31,7 +31,7 @@ async fn a_kvm_vm_runs_qemu_with_kvm_enabled() -> TestResult {
     assert_eq!(body["vm"]["accel"], "kvm");
 
     let qmp = s.data_dir.path().join("run").join(&id).join("qmp.sock");
-    let kvm = controller::qmp::command(&qmp, "query-kvm", None).await?;
+    let kvm = controller::qmp::run(&qmp, &controller::qmp::Command::query_kvm()).await?;
     assert_eq!(kvm, json!({"enabled": true, "present": true}));
     // Resumed after set-up (not left in `prelaunch` or `paused`). Under the nested paravirtual KVM of
     // the machines we test on, the guest's first instructions sometimes stop its vCPU at once with a

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::guest::{guest_iso, wait_serial};
 use common::{TestResult, TestServer};
+use controller::qmp::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -72,7 +73,7 @@ async fn volumes_and_cloud_init_reach_the_guest() -> TestResult {
     let (status, body) =
         s.call(Method::POST, &format!("/api/vms/{id}/volumes/{b}"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let blocks = controller::qmp::command(&run_dir.join("qmp.sock"), "query-block", None).await?;
+    let blocks = controller::qmp::run(&run_dir.join("qmp.sock"), &Command::query_block()).await?;
     let plugged = blocks.as_array().is_some_and(|l| {
         l.iter().any(|b2| b2["qdev"].as_str().is_some_and(|q| q.contains(&format!("voldev-{b}"))))
     });
@@ -86,7 +87,7 @@ async fn volumes_and_cloud_init_reach_the_guest() -> TestResult {
     let (status, body) =
         s.call(Method::DELETE, &format!("/api/vms/{id}/volumes/{b}"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let blocks = controller::qmp::command(&run_dir.join("qmp.sock"), "query-block", None).await?;
+    let blocks = controller::qmp::run(&run_dir.join("qmp.sock"), &Command::query_block()).await?;
     assert!(!blocks.to_string().contains(&format!("voldev-{b}")));
 
     // A detach that QEMU already carried out (as when an earlier one got that far and then failed to
@@ -95,12 +96,9 @@ async fn volumes_and_cloud_init_reach_the_guest() -> TestResult {
         s.call(Method::POST, &format!("/api/vms/{id}/volumes/{b}"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let qmp_sock = run_dir.join("qmp.sock");
-    controller::qmp::command(&qmp_sock, "device_del", Some(json!({"id": format!("voldev-{b}")}))).await?;
+    controller::qmp::run(&qmp_sock, &Command::device_del(&format!("voldev-{b}"))).await?;
     let released = Instant::now() + Duration::from_secs(30);
-    while let Err(e) =
-        controller::qmp::command(&qmp_sock, "blockdev-del", Some(json!({"node-name": format!("vol-{b}")})))
-            .await
-    {
+    while let Err(e) = controller::qmp::run(&qmp_sock, &Command::blockdev_del(&format!("vol-{b}"))).await {
         assert!(Instant::now() < released, "the guest never let go of the volume: {e:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1,12 +1,13 @@
 //! Runs QEMU for one VM: prepare, start paused, resume once set up, wait, clean up, report.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use vmrunner::argv::qemu_args;
+use vmrunner::qmp::{Command as Qmp, MAX_MESSAGE, Message};
 use vmrunner::run_config::{EXIT_FILE, ExitRecord, PID_FILE, READY_FILE, RunConfig};
 
 use crate::net::HostNics;
@@ -160,22 +161,33 @@ fn resume(cfg: &RunConfig, qemu: &mut Child) -> Result<()> {
     stream.set_read_timeout(Some(QMP_TIMEOUT)).map_err(|e| e.to_string())?;
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| format!("reading the QMP greeting: {e}"))?;
-    for command in [r#"{"execute":"qmp_capabilities"}"#, r#"{"execute":"cont"}"#] {
-        writer.write_all(format!("{command}\n").as_bytes()).map_err(|e| format!("QMP write: {e}"))?;
+    let mut read = || -> Result<Message> {
+        let mut line = Vec::new();
+        let limit = MAX_MESSAGE as u64 + 1;
+        if (&mut reader).take(limit).read_until(b'\n', &mut line).map_err(|e| format!("QMP read: {e}"))? == 0
+        {
+            return Err("QMP closed the connection".into());
+        }
+        Message::parse(line.strip_suffix(b"\n").unwrap_or(&line)).map_err(|e| e.to_string())
+    };
+    // Events QEMU kept for an earlier client may come before the greeting.
+    loop {
+        match read()? {
+            Message::Greeting { .. } => break,
+            Message::Event { .. } => continue,
+            other => return Err(format!("QMP spoke before its greeting: {other:?}")),
+        }
+    }
+    for (id, command) in [Qmp::capabilities(), Qmp::cont()].iter().enumerate() {
+        let id = id as u64 + 1;
+        writer.write_all(&command.encode(id)).map_err(|e| format!("QMP write: {e}"))?;
         loop {
-            line.clear();
-            if reader.read_line(&mut line).map_err(|e| format!("QMP read: {e}"))? == 0 {
-                return Err("QMP closed the connection".into());
-            }
-            let reply: serde_json::Value =
-                serde_json::from_str(&line).map_err(|e| format!("QMP reply: {e}"))?;
-            if reply.get("return").is_some() {
-                break;
-            }
-            if let Some(err) = reply.get("error") {
-                return Err(format!("QMP {command} failed: {err}"));
+            match read()? {
+                Message::Return { id: Some(got), .. } if got == id => break,
+                Message::Error { id: Some(got), desc, .. } if got == id => {
+                    return Err(format!("QMP {} failed: {desc}", command.name()));
+                }
+                _ => continue,
             }
         }
     }

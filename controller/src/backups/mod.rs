@@ -150,25 +150,12 @@ async fn live_copy(
     storage::create_image(&state.vms.qemu_img, target, disk.format, disk.size_gb).await?;
     let node = format!("backup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let failed = |e: anyhow::Error| ApiError::Operation(format!("live backup of {}: {e:#}", disk.member));
-    qmp::command(
-        &sock,
-        "blockdev-add",
-        Some(
-            json!({"driver": disk.format, "node-name": node, "file": {"driver": "file", "filename": target}}),
-        ),
-    )
-    .await
-    .map_err(failed)?;
-    let result = qmp::run_job(
-        &sock,
-        "blockdev-backup",
-        json!({"device": disk.node, "target": node, "sync": "full"}),
-        JOB_TIMEOUT,
-        progress,
-    )
-    .await
-    .map_err(failed);
-    let _ = qmp::command(&sock, "blockdev-del", Some(json!({"node-name": node}))).await;
+    let file =
+        json!({"driver": disk.format, "node-name": node, "file": {"driver": "file", "filename": target}});
+    qmp::run(&sock, &qmp::Command::blockdev_add(file)).await.map_err(failed)?;
+    let backup = |job: &str| qmp::Command::blockdev_backup(job, &disk.node, &node);
+    let result = qmp::run_job(&sock, backup, JOB_TIMEOUT, progress).await.map_err(failed);
+    let _ = qmp::run(&sock, &qmp::Command::blockdev_del(&node)).await;
     result
 }
 

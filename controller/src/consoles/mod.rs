@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,7 +30,7 @@ use crate::auth::extract::{current_user, session_from_token};
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
-use crate::qmp;
+use crate::qmp::{self, Command};
 use crate::state::AppState;
 use crate::vms::model::{VmRecord, VmStatus};
 use websocket::Upgrade;
@@ -172,17 +171,9 @@ async fn fresh_spice_password(state: &AppState, vm_id: &str) -> ApiResult<String
     };
     let sock = state.vms.run_dirs.qmp(vm_id);
     let failed = |e: anyhow::Error| ApiError::Operation(format!("setting the SPICE password: {e:#}"));
-    qmp::command(
-        &sock,
-        "set_password",
-        Some(json!({"protocol": "spice", "password": password, "connected": "keep"})),
-    )
-    .await
-    .map_err(failed)?;
+    qmp::run(&sock, &Command::set_password("spice", &password)).await.map_err(failed)?;
     let expire = format!("+{}", ttl.as_secs().max(1));
-    qmp::command(&sock, "expire_password", Some(json!({"protocol": "spice", "time": expire})))
-        .await
-        .map_err(failed)?;
+    qmp::run(&sock, &Command::expire_password("spice", &expire)).await.map_err(failed)?;
     state.consoles.passwords().insert(vm_id.to_string(), (password.clone(), Instant::now() + ttl));
     Ok(password)
 }
@@ -240,8 +231,7 @@ async fn disconnect(
     if kind == Kind::Spice && vm.status == VmStatus::Running {
         // Also keep the password that was handed out from opening new connections.
         let sock = state.vms.run_dirs.qmp(&vm.id);
-        let _ =
-            qmp::command(&sock, "expire_password", Some(json!({"protocol": "spice", "time": "now"}))).await;
+        let _ = qmp::run(&sock, &Command::expire_password("spice", "now")).await;
     }
     Ok(Message::ok(format!("Closed {closed} {} connection(s) of {}", kind.name(), vm.spec.name)))
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -81,8 +80,7 @@ impl Screenshots {
 /// write too) and reads it back.
 async fn dump(qmp: &std::path::Path, run_dir: &std::path::Path) -> ApiResult<Bytes> {
     let file = run_dir.join(format!(".screendump-{}.png", uuid::Uuid::new_v4().simple()));
-    let result =
-        crate::qmp::command(qmp, "screendump", Some(json!({"filename": file, "format": "png"}))).await;
+    let result = crate::qmp::run(qmp, &crate::qmp::Command::screendump(&file)).await;
     let png = result.map_err(|e| ApiError::Operation(format!("screendump: {e:#}"))).and_then(|_| {
         std::fs::read(&file)
             .map_err(|e| ApiError::Internal(anyhow::Error::from(e).context("reading the screendump")))

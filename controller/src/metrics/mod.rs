@@ -26,6 +26,7 @@ use crate::auth::AuthUser;
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::guest_agent::{self, AgentLocks, GuestInterface};
+use crate::qmp::{Command, Qmp};
 use crate::state::AppState;
 use crate::store::now_unix;
 use crate::vms::model::{VmRecord, VmStatus};
@@ -133,11 +134,10 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
     };
     let at = Instant::now();
     let qmp_sock = state.vms.run_dirs.qmp(&vm.id);
-    let (disks, guest_memory_bytes) = match crate::qmp::Qmp::connect(&qmp_sock).await {
+    let (disks, guest_memory_bytes) = match Qmp::connect(&qmp_sock).await {
         Ok(mut q) => {
-            let disks = q.execute("query-blockstats", None).await.ok().map(|s| vm::disk_counters(&s));
-            // Only VMs with a balloon device answer this.
-            let balloon = q.execute("query-balloon", None).await.ok().and_then(|b| b["actual"].as_u64());
+            let disks = q.execute(&Command::query_blockstats()).await.ok().map(|s| vm::disk_counters(&s));
+            let balloon = q.execute(&Command::query_balloon()).await.ok().and_then(|b| b["actual"].as_u64());
             (disks, balloon)
         }
         Err(_) => (None, None),

@@ -99,14 +99,14 @@ pub trait Runtime: Send + Sync {
             let qmp = self.run_dirs().qmp(vm_id);
             let mut done = false;
             if let StopMode::Graceful { timeout } = mode {
-                done = qmp::command(&qmp, "system_powerdown", None).await.is_ok()
+                done = qmp::run(&qmp, &qmp::Command::system_powerdown()).await.is_ok()
                     && self.wait_gone(vm_id, timeout).await;
                 if !done {
                     tracing::info!(vm_id, "guest did not power off in time; quitting QEMU");
                 }
             }
             if !done {
-                let _ = qmp::command(&qmp, "quit", None).await;
+                let _ = qmp::run(&qmp, &qmp::Command::quit()).await;
                 done = self.wait_gone(vm_id, QUIT_GRACE).await;
             }
             if !done {

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::process::Command;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -171,14 +171,12 @@ async fn offline(state: &AppState, disks: &[Disk], op: &str, tag: &str, undo: Op
 }
 
 /// Runs a QMP snapshot job to its end.
-async fn job(state: &AppState, vm_id: &str, command: &str, args: Value) -> ApiResult<()> {
+async fn job(state: &AppState, vm_id: &str, command: impl FnOnce(&str) -> qmp::Command) -> ApiResult<()> {
     let sock = state.vms.run_dirs.qmp(vm_id);
-    let result = qmp::run_job(&sock, command, args, JOB_TIMEOUT, &|_, _| {}).await;
+    let result = qmp::run_job(&sock, command, JOB_TIMEOUT, &|_, _| {}).await;
     // The guest is paused while its RAM is written; whatever happened, it must not stay paused.
-    if let Ok(status) = qmp::command(&sock, "query-status", None).await {
-        if status["status"] == "paused" {
-            let _ = qmp::command(&sock, "cont", None).await;
-        }
+    if qmp::status(&sock).await.as_deref() == Some("paused") {
+        let _ = qmp::run(&sock, &qmp::Command::cont()).await;
     }
     result.map_err(|e| ApiError::Operation(format!("{e:#}")))
 }
@@ -265,8 +263,7 @@ async fn create_snapshot(
     let running = state.vms.is_running(&vm).await?;
     if running {
         let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
-        job(&state, &vm_id, "snapshot-save", json!({"tag": tag, "vmstate": "disk0", "devices": devices}))
-            .await?;
+        job(&state, &vm_id, |job| qmp::Command::snapshot_save(job, &tag, "disk0", &devices)).await?;
     } else {
         if !disks[0].path.exists() {
             // Never started: its disk is created now, so the snapshot has something to hold.
@@ -358,7 +355,7 @@ async fn delete_snapshot(
         // Nothing holds it any more: only the record is left to remove.
     } else if state.vms.is_running(&vm).await? {
         let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
-        job(&state, &vm_id, "snapshot-delete", json!({"tag": snap.tag, "devices": devices})).await?;
+        job(&state, &vm_id, |job| qmp::Command::snapshot_delete(job, &snap.tag, &devices)).await?;
     } else {
         offline(&state, &disks, "-d", &snap.tag, None).await?;
     }

@@ -482,7 +482,7 @@ impl VmManager {
             return Err(ApiError::Conflict("VM is not running".into()));
         }
         if hard {
-            crate::qmp::command(&self.run_dirs.qmp(id), "system_reset", None)
+            crate::qmp::run(&self.run_dirs.qmp(id), &crate::qmp::Command::system_reset())
                 .await
                 .map_err(|e| ApiError::Operation(format!("{e:#}")))?;
         } else {

@@ -22,7 +22,7 @@ use crate::auth::AuthUser;
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::http::Message;
-use crate::qmp;
+use crate::qmp::{self, Command};
 use crate::state::AppState;
 use crate::store::now_unix;
 use crate::vms::model::VmRecord;
@@ -241,13 +241,12 @@ async fn plug_if_running(state: &AppState, vm: &VmRecord, volume: &Volume, slot:
     let disk =
         VolumeDisk { id: volume.id.clone(), path: volume.path.clone().into(), format: volume.format, slot };
     let qmp_sock = state.vms.run_dirs.qmp(&vm.id);
-    qmp::command(&qmp_sock, "blockdev-add", Some(volume_blockdev(&disk)))
+    qmp::run(&qmp_sock, &Command::blockdev_add(volume_blockdev(&disk)))
         .await
         .map_err(|e| ApiError::Operation(format!("hot-plugging the volume: {e:#}")))?;
-    if let Err(e) = qmp::command(&qmp_sock, "device_add", Some(volume_device(is_q35(&vm.spec), &disk))).await
-    {
+    if let Err(e) = qmp::run(&qmp_sock, &Command::device_add(volume_device(is_q35(&vm.spec), &disk))).await {
         let (node, _) = volume_ids(&volume.id);
-        let _ = qmp::command(&qmp_sock, "blockdev-del", Some(serde_json::json!({"node-name": node}))).await;
+        let _ = qmp::run(&qmp_sock, &Command::blockdev_del(&node)).await;
         return Err(ApiError::Operation(format!("hot-plugging the volume: {e:#}")));
     }
     Ok(())
@@ -279,7 +278,7 @@ async fn detach_volume(
         let (node, dev) = volume_ids(&volume.id);
         // An error here is not the end: an earlier detach that timed out may have left the device
         // mid-unplug, or already gone. Whether the node can be released decides.
-        let asked = qmp::command(&qmp_sock, "device_del", Some(serde_json::json!({"id": dev}))).await;
+        let asked = qmp::run(&qmp_sock, &Command::device_del(&dev)).await;
         release_node(&qmp_sock, &node, asked.err()).await?;
     }
     let v = vol_id.clone();
@@ -304,8 +303,7 @@ async fn release_node(
 ) -> ApiResult<()> {
     let deadline = Instant::now() + UNPLUG_TIMEOUT;
     loop {
-        let args = serde_json::json!({"node-name": node});
-        let error = match qmp::command(qmp_sock, "blockdev-del", Some(args)).await {
+        let error = match qmp::run(qmp_sock, &Command::blockdev_del(node)).await {
             Ok(_) => return Ok(()),
             Err(e) => format!("{e:#}"),
         };
