@@ -122,3 +122,69 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
         Json(self.0).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+
+    use super::*;
+
+    async fn answer(e: ApiError) -> (StatusCode, Headers, String) {
+        let response = e.into_response();
+        let status = response.status();
+        let headers = Headers {
+            retry_after: response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap_or("").to_string()),
+            authenticate: response.headers().contains_key(header::WWW_AUTHENTICATE),
+        };
+        let body = to_bytes(response.into_body(), 1 << 16).await.unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (status, headers, json["detail"].as_str().unwrap_or("<no detail>").to_string())
+    }
+
+    struct Headers {
+        retry_after: Option<String>,
+        authenticate: bool,
+    }
+
+    #[tokio::test]
+    async fn every_error_has_its_status_and_a_detail() {
+        let cases = [
+            (ApiError::BadRequest("bad".into()), StatusCode::BAD_REQUEST),
+            (ApiError::Unauthorized("who".into()), StatusCode::UNAUTHORIZED),
+            (ApiError::Forbidden("no".into()), StatusCode::FORBIDDEN),
+            (ApiError::NotFound("gone".into()), StatusCode::NOT_FOUND),
+            (ApiError::Conflict("busy".into()), StatusCode::CONFLICT),
+            (ApiError::Unprocessable("shape".into()), StatusCode::UNPROCESSABLE_ENTITY),
+            (ApiError::UnsupportedMediaType("type".into()), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (ApiError::PayloadTooLarge("big".into()), StatusCode::PAYLOAD_TOO_LARGE),
+            (
+                ApiError::TooManyRequests { detail: "slow".into(), retry_after_secs: 0 },
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (ApiError::Unavailable("later".into()), StatusCode::SERVICE_UNAVAILABLE),
+            (ApiError::Operation("QEMU said no".into()), StatusCode::INTERNAL_SERVER_ERROR),
+        ];
+        for (error, status) in cases {
+            let shown = error.to_string();
+            let (got, _, detail) = answer(error).await;
+            assert_eq!(got, status, "{shown}");
+            assert_eq!(detail, shown, "the detail is the message");
+        }
+    }
+
+    #[tokio::test]
+    async fn internals_stay_inside_and_headers_go_with_their_statuses() {
+        let (status, _, detail) = answer(ApiError::Internal(anyhow::anyhow!("/secret/path: EIO"))).await;
+        assert_eq!((status, detail.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error"));
+        let (_, h, _) =
+            answer(ApiError::TooManyRequests { detail: "slow".into(), retry_after_secs: 0 }).await;
+        assert_eq!(h.retry_after.as_deref(), Some("1"), "Retry-After is at least a second");
+        let (_, h, _) = answer(ApiError::Unauthorized("who".into())).await;
+        assert!(h.authenticate, "401 says how to authenticate");
+        let (_, h, _) = answer(ApiError::NotFound("gone".into())).await;
+        assert!(!h.authenticate && h.retry_after.is_none());
+    }
+}

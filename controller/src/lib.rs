@@ -1,4 +1,5 @@
-//! Fast VM controller: the HTTP API, the dashboard, and (in later issues) VM orchestration.
+//! Fast VM controller: the HTTP API, the dashboard, and the VMs behind them (lifecycle, storage,
+//! consoles, backups, metrics).
 
 pub mod app;
 pub mod audit;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Console proxy benchmark: fastvm's /ws/vnc proxy vs a direct unix socket vs Python websockify
-# relaying the same socket, in one run (see controller/examples/console_bench.rs).
+# relaying the same socket, in one run (see tests/bench/console_bench.rs).
 # Needs QEMU and websockify (apt-get install websockify). Talks only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

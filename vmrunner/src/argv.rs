@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::paths::{RunDir, VmDir};
 use crate::spec::{BootDevice, CpuModel, DisplayType, Firmware, NetworkType, NicModel, Protocol, VmSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,17 +145,11 @@ pub struct Launch {
 }
 
 impl Launch {
-    pub fn disk_path(&self) -> PathBuf {
-        self.vm_dir.join("disk0.qcow2")
+    pub fn vm(&self) -> VmDir {
+        VmDir::new(&self.vm_dir)
     }
-    pub fn ovmf_vars_path(&self) -> PathBuf {
-        self.vm_dir.join("OVMF_VARS.fd")
-    }
-    pub fn tpm_state_dir(&self) -> PathBuf {
-        self.vm_dir.join("tpm")
-    }
-    pub fn socket(&self, name: &str) -> PathBuf {
-        self.run_dir.join(name)
+    pub fn run(&self) -> RunDir {
+        RunDir::new(&self.run_dir)
     }
 }
 
@@ -191,7 +186,7 @@ pub fn base(spec: &VmSpec, l: &Launch) -> Vec<String> {
     let mut a = args(&["-S", "-nodefaults", "-no-user-config", "-msg", "timestamp=on"]);
     a.extend(["-name".into(), format!("guest={},process=fastvm-{}", spec.name, l.vm_id)]);
     a.extend(["-uuid".into(), l.uuid.clone()]);
-    a.extend(["-pidfile".into(), l.socket("qemu.pid").display().to_string()]);
+    a.extend(["-pidfile".into(), l.run().qemu_pid().display().to_string()]);
     a.extend(args(&["-display", "none"]));
     a
 }
@@ -242,7 +237,7 @@ pub fn firmware(spec: &VmSpec, l: &Launch) -> Vec<String> {
     );
     a.extend(json_arg(
         "-blockdev",
-        json!({"driver": "file", "filename": l.ovmf_vars_path(), "node-name": "fw-vars"}),
+        json!({"driver": "file", "filename": l.vm().ovmf_vars(), "node-name": "fw-vars"}),
     ));
     if spec.secure_boot_enabled() {
         // Restricts writes to the vars flash to SMM, which is what makes Secure Boot hold.
@@ -254,7 +249,7 @@ pub fn firmware(spec: &VmSpec, l: &Launch) -> Vec<String> {
 pub fn disks(spec: &VmSpec, l: &Launch) -> Vec<String> {
     let mut a = json_arg(
         "-blockdev",
-        json!({"driver": "file", "filename": l.disk_path(), "node-name": "disk0-file"}),
+        json!({"driver": "file", "filename": l.vm().disk(), "node-name": "disk0-file"}),
     );
     // Only a clone's overlay stacks on an image (its shared bases, which the controller checked):
     // any other disk opens no backing file, whatever its header says.
@@ -393,11 +388,11 @@ pub fn display(spec: &VmSpec, _l: &Launch) -> Vec<String> {
 pub fn spice(_spec: &VmSpec, l: &Launch) -> Vec<String> {
     // Ticketing on: nobody gets in until the controller sets a password (QMP `set_password`) for a
     // console request, and it expires soon after.
-    vec!["-spice".into(), format!("unix=on,addr={}", opt_path(&l.socket("spice.sock")))]
+    vec!["-spice".into(), format!("unix=on,addr={}", opt_path(&l.run().spice()))]
 }
 
 pub fn vnc(_spec: &VmSpec, l: &Launch) -> Vec<String> {
-    vec!["-vnc".into(), format!("unix:{}", opt_path(&l.socket("vnc.sock")))]
+    vec!["-vnc".into(), format!("unix:{}", opt_path(&l.run().vnc()))]
 }
 
 /// virtio-serial ports: the QEMU guest agent, and the SPICE agent (clipboard, resize).
@@ -405,7 +400,7 @@ pub fn channels(_spec: &VmSpec, l: &Launch) -> Vec<String> {
     let mut a = json_arg("-device", json!({"driver": "virtio-serial-pci", "id": "vser0"}));
     a.extend([
         "-chardev".into(),
-        format!("socket,id=qga0,path={},server=on,wait=off", opt_path(&l.socket("qga.sock"))),
+        format!("socket,id=qga0,path={},server=on,wait=off", opt_path(&l.run().qga())),
     ]);
     a.extend(json_arg(
         "-device",
@@ -438,20 +433,26 @@ pub fn serial(_spec: &VmSpec, l: &Launch) -> Vec<String> {
         "-chardev".into(),
         format!(
             "socket,id=ser0,path={},server=on,wait=off,logfile={},logappend=on",
-            opt_path(&l.socket("serial.sock")),
-            opt_path(&l.socket("serial.log"))
+            opt_path(&l.run().serial()),
+            opt_path(&l.run().serial_log())
         ),
         "-serial".into(),
         "chardev:ser0".into(),
     ]
 }
 
+/// Two QMP monitors: `qmp.sock` for vmrunner's start-up and anyone's one-off commands,
+/// `monitor.sock` for the controller's connection that lasts the whole run.
 pub fn qmp(_spec: &VmSpec, l: &Launch) -> Vec<String> {
     vec![
         "-chardev".into(),
-        format!("socket,id=qmp0,path={},server=on,wait=off", opt_path(&l.socket("qmp.sock"))),
+        format!("socket,id=qmp0,path={},server=on,wait=off", opt_path(&l.run().qmp())),
         "-mon".into(),
         "chardev=qmp0,mode=control".into(),
+        "-chardev".into(),
+        format!("socket,id=qmp1,path={},server=on,wait=off", opt_path(&l.run().monitor())),
+        "-mon".into(),
+        "chardev=qmp1,mode=control".into(),
     ]
 }
 
@@ -463,7 +464,7 @@ pub fn tpm(spec: &VmSpec, l: &Launch) -> Vec<String> {
     let device = if is_q35(spec) { "tpm-crb" } else { "tpm-tis" };
     vec![
         "-chardev".into(),
-        format!("socket,id=chrtpm,path={}", opt_path(&l.socket("swtpm.sock"))),
+        format!("socket,id=chrtpm,path={}", opt_path(&l.run().swtpm())),
         "-tpmdev".into(),
         "emulator,id=tpm0,chardev=chrtpm".into(),
         "-device".into(),

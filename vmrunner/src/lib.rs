@@ -5,6 +5,7 @@
 //! keep working.
 
 pub mod argv;
+pub mod paths;
 pub mod qmp;
 pub mod run_config;
 pub mod spec;

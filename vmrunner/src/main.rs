@@ -2,6 +2,7 @@
 //! container's entry point) with the path of a `vmrunner.json`; it sets up firmware, TPM, disk and
 //! taps, starts QEMU paused, resumes it, and exits with QEMU's exit code after cleaning up.
 
+mod error;
 mod net;
 mod prepare;
 mod supervise;

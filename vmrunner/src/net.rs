@@ -10,7 +10,7 @@ use vmrunner::NetworkType;
 use vmrunner::argv::NicBackend;
 use vmrunner::run_config::RunConfig;
 
-use crate::prepare::Result;
+use crate::error::{Error, Result, io};
 
 /// Links created for this run, removed when it ends; open macvtap files live as long as this does.
 #[derive(Default)]
@@ -21,15 +21,14 @@ pub struct HostNics {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running ip: {e}"))?;
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(io("running ip"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(Error::Tool {
+            tool: format!("ip {}", args.join(" ")),
+            said: String::from_utf8_lossy(&out.stderr).trim().into(),
+        })
     }
 }
 
@@ -78,30 +77,35 @@ impl HostNics {
         ip(&["link", "set", &name, "up"])?;
         let sys = format!("/sys/class/net/{name}");
         let read = |p: String| {
-            std::fs::read_to_string(&p).map(|s| s.trim().to_string()).map_err(|e| format!("{p}: {e}"))
+            std::fs::read_to_string(&p).map(|s| s.trim().to_string()).map_err(io(format!("reading {p}")))
         };
         let ifindex = read(format!("{sys}/ifindex"))?;
         let dev_node = format!("/dev/tap{ifindex}");
         if !std::path::Path::new(&dev_node).exists() {
             // Without udev (containers) the character device is not created for us.
             let numbers = read(format!("{sys}/macvtap/tap{ifindex}/dev"))?;
-            let (major, minor) =
-                numbers.split_once(':').ok_or_else(|| format!("bad device number {numbers}"))?;
+            let (major, minor) = numbers
+                .split_once(':')
+                .ok_or_else(|| Error::Start(format!("bad device number {numbers}")))?;
             let out = Command::new("mknod")
                 .args([&dev_node, "c", major, minor])
                 .output()
-                .map_err(|e| format!("running mknod: {e}"))?;
+                .map_err(io("running mknod"))?;
             if !out.status.success() {
-                return Err(format!("mknod {dev_node}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                return Err(Error::Tool {
+                    tool: format!("mknod {dev_node}"),
+                    said: String::from_utf8_lossy(&out.stderr).trim().into(),
+                });
             }
         }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&dev_node)
-            .map_err(|e| format!("opening {dev_node}: {e}"))?;
+            .map_err(io(format!("opening {dev_node}")))?;
         // QEMU must inherit this descriptor, so it may not be close-on-exec.
-        fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| format!("fcntl {dev_node}: {e}"))?;
+        fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty()))
+            .map_err(|e| io(format!("fcntl {dev_node}"))(e.into()))?;
         let fd = file.as_raw_fd();
         self._files.push(file);
         Ok(NicBackend::Fd { fd })

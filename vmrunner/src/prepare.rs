@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 use vmrunner::run_config::RunConfig;
 use vmrunner::{Firmware, VmSpec};
 
-pub type Result<T> = std::result::Result<T, String>;
+use crate::error::{Error, Result, io};
 
 pub fn dirs(cfg: &RunConfig) -> Result<()> {
     for dir in [&cfg.launch.vm_dir, &cfg.launch.run_dir] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     }
     Ok(())
 }
 
 fn copy_into_place(from: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp).map_err(|e| format!("copying {} to {}: {e}", from.display(), tmp.display()))?;
-    std::fs::rename(&tmp, to).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+    std::fs::copy(from, &tmp).map_err(io(format!("copying {} to {}", from.display(), tmp.display())))?;
+    std::fs::rename(&tmp, to).map_err(io(format!("renaming {}", tmp.display())))
 }
 
 /// The VM's own copy of the UEFI variable store, made once and kept for the VM's lifetime.
@@ -29,7 +29,7 @@ pub fn ovmf_vars(cfg: &RunConfig) -> Result<()> {
     if spec.firmware != Firmware::Uefi {
         return Ok(());
     }
-    let vars = cfg.launch.ovmf_vars_path();
+    let vars = cfg.launch.vm().ovmf_vars();
     let template = if spec.secure_boot_enabled() {
         &cfg.launch.ovmf.secboot_vars_template
     } else {
@@ -44,12 +44,12 @@ pub fn ovmf_vars(cfg: &RunConfig) -> Result<()> {
         return Ok(());
     }
     copy_into_place(template, &vars)?;
-    std::fs::write(&marker, wanted).map_err(|e| format!("writing {}: {e}", marker.display()))
+    std::fs::write(&marker, wanted).map_err(io(format!("writing {}", marker.display())))
 }
 
 /// The boot disk, created empty (thin qcow2) when missing.
 pub fn disk(cfg: &RunConfig) -> Result<()> {
-    let disk = cfg.launch.disk_path();
+    let disk = cfg.launch.vm().disk();
     if disk.exists() {
         return Ok(());
     }
@@ -60,12 +60,15 @@ pub fn disk(cfg: &RunConfig) -> Result<()> {
         .arg(format!("{}G", cfg.spec.disk_size))
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("running {}: {e}", cfg.qemu_img.display()))?;
+        .map_err(io(format!("running {}", cfg.qemu_img.display())))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(Error::Tool {
+            tool: "qemu-img create".into(),
+            said: String::from_utf8_lossy(&out.stderr).trim().into(),
+        });
     }
-    std::fs::rename(&tmp, &disk).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+    std::fs::rename(&tmp, &disk).map_err(io(format!("renaming {}", tmp.display())))
 }
 
 /// Starts swtpm for a TPM VM and waits for its socket. `--terminate` makes it exit with QEMU.
@@ -73,9 +76,9 @@ pub fn swtpm(cfg: &RunConfig) -> Result<Option<Child>> {
     if !cfg.spec.tpm_enabled() {
         return Ok(None);
     }
-    let state = cfg.launch.tpm_state_dir();
-    std::fs::create_dir_all(&state).map_err(|e| format!("creating {}: {e}", state.display()))?;
-    let sock = cfg.launch.socket("swtpm.sock");
+    let state = cfg.launch.vm().tpm_state();
+    std::fs::create_dir_all(&state).map_err(io(format!("creating {}", state.display())))?;
+    let sock = cfg.launch.run().swtpm();
     let _ = std::fs::remove_file(&sock);
     let mut child = Command::new(&cfg.swtpm)
         .args(["socket", "--tpm2", "--terminate"])
@@ -84,20 +87,20 @@ pub fn swtpm(cfg: &RunConfig) -> Result<Option<Child>> {
         .arg("--ctrl")
         .arg(format!("type=unixio,path={}", sock.display()))
         .arg("--log")
-        .arg(format!("file={},level=1", cfg.launch.socket("swtpm.log").display()))
+        .arg(format!("file={},level=1", cfg.launch.run().swtpm_log().display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", cfg.swtpm.display()))?;
+        .map_err(io(format!("starting {}", cfg.swtpm.display())))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("swtpm exited at start ({status})"));
+            return Err(Error::Start(format!("swtpm exited at start ({status})")));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            return Err("swtpm did not create its socket within 10 s".into());
+            return Err(Error::Start("swtpm did not create its socket within 10 s".into()));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -10,8 +10,9 @@ use vmrunner::argv::qemu_args;
 use vmrunner::qmp::{Command as Qmp, MAX_MESSAGE, Message};
 use vmrunner::run_config::{EXIT_FILE, ExitRecord, PID_FILE, READY_FILE, RunConfig};
 
+use crate::error::{Error, Result, io};
 use crate::net::HostNics;
-use crate::prepare::{self, Result};
+use crate::prepare;
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,8 +47,8 @@ pub fn run(cfg: RunConfig) -> ExitCode {
     }
     let outcome = start_and_wait(&cfg);
     let _ = std::fs::remove_file(run_dir.join(READY_FILE));
-    for sock in ["qmp.sock", "qga.sock", "serial.sock", "spice.sock", "vnc.sock", "swtpm.sock"] {
-        let _ = std::fs::remove_file(run_dir.join(sock));
+    for sock in cfg.launch.run().sockets() {
+        let _ = std::fs::remove_file(sock);
     }
     // Last: whoever waits for this run to be completely over watches this file.
     let finish = |code: ExitCode| {
@@ -66,7 +67,10 @@ pub fn run(cfg: RunConfig) -> ExitCode {
         }
         Err(error) => {
             eprintln!("vmrunner: {error}");
-            write_exit(&cfg, &ExitRecord { code: None, signal: None, error: Some(error), at: now() });
+            write_exit(
+                &cfg,
+                &ExitRecord { code: None, signal: None, error: Some(error.to_string()), at: now() },
+            );
             finish(ExitCode::FAILURE)
         }
     }
@@ -89,19 +93,19 @@ fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
     launch.nics = nics.backends.clone();
     let args = qemu_args(&cfg.spec, &launch);
 
-    let log_path = cfg.launch.socket("qemu.log");
+    let log_path = cfg.launch.run().qemu_log();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        .map_err(io(format!("opening {}", log_path.display())))?;
+    let log_err = log.try_clone().map_err(io("sharing the QEMU log"))?;
     let mut qemu =
         match Command::new(&cfg.qemu).args(&args).stdin(Stdio::null()).stdout(log).stderr(log_err).spawn() {
             Ok(q) => q,
             Err(e) => {
                 stop_child(swtpm.take());
-                return Err(format!("starting {}: {e}", cfg.qemu.display()));
+                return Err(io(format!("starting {}", cfg.qemu.display()))(e));
             }
         };
     // The macvtap descriptors now belong to QEMU; our copies would keep the queues open after it exits.
@@ -114,16 +118,16 @@ fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
         let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!("{e}; QEMU said: {}", tail.join(" | ")));
+        return Err(Error::Start(format!("{e}; QEMU said: {}", tail.join(" | "))));
     }
     if let Err(e) = std::fs::write(cfg.launch.run_dir.join(READY_FILE), b"") {
         let _ = qemu.kill();
         let _ = qemu.wait();
         stop_child(swtpm.take());
-        return Err(format!("writing the ready marker: {e}"));
+        return Err(io("writing the ready marker")(e));
     }
 
-    let status = qemu.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    let status = qemu.wait().map_err(io("waiting for QEMU"))?;
     if let Some(mut s) = swtpm {
         // --terminate ends swtpm when QEMU disconnects; this only catches a QEMU that never connected.
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -146,46 +150,45 @@ fn stop_child(child: Option<Child>) {
 
 /// Waits for QMP, negotiates, and resumes the guest (QEMU starts with `-S`).
 fn resume(cfg: &RunConfig, qemu: &mut Child) -> Result<()> {
-    let sock = cfg.launch.socket("qmp.sock");
+    let sock = cfg.launch.run().qmp();
     let deadline = Instant::now() + QMP_TIMEOUT;
     let stream = loop {
         if let Ok(Some(status)) = qemu.try_wait() {
-            return Err(format!("QEMU exited at start ({status})"));
+            return Err(Error::Start(format!("QEMU exited at start ({status})")));
         }
         match UnixStream::connect(&sock) {
             Ok(s) => break s,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("QMP socket {} did not answer: {e}", sock.display())),
+            Err(e) => return Err(io(format!("QMP socket {} did not answer", sock.display()))(e)),
         }
     };
-    stream.set_read_timeout(Some(QMP_TIMEOUT)).map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(QMP_TIMEOUT)).map_err(io("setting the QMP timeout"))?;
+    let mut writer = stream.try_clone().map_err(io("sharing the QMP socket"))?;
     let mut reader = BufReader::new(stream);
     let mut read = || -> Result<Message> {
         let mut line = Vec::new();
         let limit = MAX_MESSAGE as u64 + 1;
-        if (&mut reader).take(limit).read_until(b'\n', &mut line).map_err(|e| format!("QMP read: {e}"))? == 0
-        {
-            return Err("QMP closed the connection".into());
+        if (&mut reader).take(limit).read_until(b'\n', &mut line).map_err(io("QMP read"))? == 0 {
+            return Err(Error::Qmp("QMP closed the connection".into()));
         }
-        Message::parse(line.strip_suffix(b"\n").unwrap_or(&line)).map_err(|e| e.to_string())
+        Message::parse(line.strip_suffix(b"\n").unwrap_or(&line)).map_err(|e| Error::Qmp(e.to_string()))
     };
     // Events QEMU kept for an earlier client may come before the greeting.
     loop {
         match read()? {
             Message::Greeting { .. } => break,
             Message::Event { .. } => continue,
-            other => return Err(format!("QMP spoke before its greeting: {other:?}")),
+            other => return Err(Error::Qmp(format!("QMP spoke before its greeting: {other:?}"))),
         }
     }
     for (id, command) in [Qmp::capabilities(), Qmp::cont()].iter().enumerate() {
         let id = id as u64 + 1;
-        writer.write_all(&command.encode(id)).map_err(|e| format!("QMP write: {e}"))?;
+        writer.write_all(&command.encode(id)).map_err(io("QMP write"))?;
         loop {
             match read()? {
                 Message::Return { id: Some(got), .. } if got == id => break,
                 Message::Error { id: Some(got), desc, .. } if got == id => {
-                    return Err(format!("QMP {} failed: {desc}", command.name()));
+                    return Err(Error::Qmp(format!("QMP {} failed: {desc}", command.name())));
                 }
                 _ => continue,
             }

@@ -14,6 +14,7 @@ use ring::digest::{Context as Digest, SHA256};
 use serde::{Deserialize, Serialize};
 use vmrunner::VmSpec;
 use vmrunner::argv::DiskFormat;
+use vmrunner::paths::VmDir;
 
 use super::write_behind::WriteBehind;
 
@@ -303,7 +304,8 @@ fn allowed_member(name: &str) -> bool {
             && !rest.starts_with('.')
             && rest.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     };
-    matches!(name, "disk0.qcow2" | "OVMF_VARS.fd" | "OVMF_VARS.template")
+    name == VmDir::DISK
+        || VmDir::FIRMWARE_FILES.contains(&name)
         || name.strip_prefix("tpm/").is_some_and(one_file)
         || name.strip_prefix("volumes/").is_some_and(one_file)
 }

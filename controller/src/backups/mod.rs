@@ -39,6 +39,7 @@ use crate::{qmp, storage};
 use archive::Manifest;
 use vmrunner::VmSpec;
 use vmrunner::argv::DiskFormat;
+use vmrunner::paths::VmDir;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
@@ -216,16 +217,21 @@ async fn take_backup(
     let backups_dir = state.settings.data_dir.join("backups");
     let work =
         tempfile::Builder::new().prefix(".backup-").tempdir_in(&backups_dir).context("work directory")?;
-    let vm_dir = state.vms.vms_dir.join(&vm.id);
+    let vm_dir = state.vms.vm_dir(&vm.id);
     let v = vm.id.clone();
     let volumes = state.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &v)?)).await?;
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let disk = vm_dir.join("disk0.qcow2");
+    let disk = vm_dir.disk();
     let running = state.vms.is_running(&vm).await?;
     // Live copies are written by QEMU, so they go where QEMU can write even inside its container:
     // the VM's own directory (removed with the work directory, as they are).
     let copies = if running {
-        Some(tempfile::Builder::new().prefix(".backup-").tempdir_in(&vm_dir).context("copy directory")?)
+        Some(
+            tempfile::Builder::new()
+                .prefix(".backup-")
+                .tempdir_in(vm_dir.path())
+                .context("copy directory")?,
+        )
     } else {
         None
     };
@@ -236,7 +242,7 @@ async fn take_backup(
                 node: "disk0".into(),
                 format: "qcow2",
                 size_gb: vm.spec.disk_size,
-                member: "disk0.qcow2".into(),
+                member: VmDir::DISK.into(),
             });
         }
         for v in &volumes {
@@ -261,26 +267,27 @@ async fn take_backup(
         if disk.exists() {
             if storage::backing_file(&state.vms.qemu_img, &disk).await?.is_some() {
                 // A clone's overlay needs its base: archive one self-contained image instead.
-                progress.phase("flattening disk0.qcow2");
-                let copy = work.path().join("disk0.qcow2");
+                progress.phase(&format!("flattening {}", VmDir::DISK));
+                let copy = work.path().join(VmDir::DISK);
                 let mut cmd = Command::new(&state.vms.qemu_img);
                 cmd.args(["convert", "-f", "qcow2", "-O", "qcow2"]).arg(&disk).arg(&copy);
                 storage::run(cmd, "flattening the disk").await?;
-                files.push(("disk0.qcow2".into(), copy));
+                files.push((VmDir::DISK.into(), copy));
             } else {
-                files.push(("disk0.qcow2".into(), disk));
+                files.push((VmDir::DISK.into(), disk));
             }
         }
         for v in &volumes {
             files.push((volume_member(v), PathBuf::from(&v.path)));
         }
     }
-    for name in ["OVMF_VARS.fd", "OVMF_VARS.template"] {
-        if vm_dir.join(name).is_file() {
-            files.push((name.into(), vm_dir.join(name)));
+    for name in VmDir::FIRMWARE_FILES {
+        let file = vm_dir.path().join(name);
+        if file.is_file() {
+            files.push((name.into(), file));
         }
     }
-    if let Ok(entries) = std::fs::read_dir(vm_dir.join("tpm")) {
+    if let Ok(entries) = std::fs::read_dir(vm_dir.tpm_state()) {
         for e in entries.filter_map(Result::ok).filter(|e| e.path().is_file()) {
             files.push((format!("tpm/{}", e.file_name().to_string_lossy()), e.path()));
         }
@@ -564,7 +571,7 @@ async fn extract(
 async fn check_images(state: &AppState, manifest: &Manifest, dir: &Path) -> ApiResult<()> {
     const GIB: u64 = 1 << 30;
     let max_disk = manifest.spec.disk_size.min(vmrunner::validate::MAX_DISK_GB) * GIB;
-    let mut images = vec![("disk0.qcow2".to_string(), DiskFormat::Qcow2, max_disk)];
+    let mut images = vec![(VmDir::DISK.to_string(), DiskFormat::Qcow2, max_disk)];
     images.extend(manifest.volumes.iter().map(|v| (v.member.clone(), v.format, v.size_gb * GIB)));
     for (member, format, max) in images {
         let path = dir.join(&member);
@@ -596,8 +603,8 @@ async fn restore(
         return Err(ApiError::Conflict("Stop the VM before restoring a backup onto it".into()));
     }
     progress.phase("replacing the VM's files");
-    let vm_dir = state.vms.vms_dir.join(&vm.id);
-    std::fs::create_dir_all(&vm_dir).context("creating the VM directory")?;
+    let vm_dir = state.vms.vm_dir(&vm.id);
+    std::fs::create_dir_all(vm_dir.path()).context("creating the VM directory")?;
     restore_volumes(state, &vm.owner, &vm.id, &manifest, staging.path()).await?;
     replace_files(staging.path(), &vm_dir)?;
     Ok(vm)
@@ -666,8 +673,9 @@ async fn restore_volumes(
 }
 
 /// Moves every restored file over the VM's own (renames within one filesystem).
-fn replace_files(from: &Path, to: &Path) -> ApiResult<()> {
-    let _ = std::fs::remove_dir_all(to.join("tpm"));
+fn replace_files(from: &Path, to: &VmDir) -> ApiResult<()> {
+    let _ = std::fs::remove_dir_all(to.tpm_state());
+    let to = to.path();
     for entry in std::fs::read_dir(from).context("reading the staging directory")?.filter_map(Result::ok) {
         std::fs::rename(entry.path(), to.join(entry.file_name()))
             .context("moving a restored file into place")?;

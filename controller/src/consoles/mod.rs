@@ -10,6 +10,7 @@ pub mod tickets;
 pub mod websocket;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use vmrunner::paths::RunDir;
 
 use crate::audit::Audit;
 use crate::auth::AuthUser;
@@ -58,12 +60,13 @@ impl Kind {
         }
     }
 
-    fn socket(self) -> &'static str {
+    /// The run's socket this kind of console relays (none for tickets of other kinds).
+    fn socket(self, run: &RunDir) -> Option<PathBuf> {
         match self {
-            Kind::Spice => "spice.sock",
-            Kind::Vnc => "vnc.sock",
-            Kind::Serial => "serial.sock",
-            Kind::Metrics | Kind::Download => "",
+            Kind::Spice => Some(run.spice()),
+            Kind::Vnc => Some(run.vnc()),
+            Kind::Serial => Some(run.serial()),
+            Kind::Metrics | Kind::Download => None,
         }
     }
 }
@@ -386,13 +389,16 @@ async fn console_ws(state: AppState, vm_id: String, kind: Kind, auth: WsAuth, ws
                 relay::close(socket, code, reason).await;
             }
             Ok(()) => {
+                let run = state.vms.run_dirs.run(&vm_id);
+                let Some(target) = kind.socket(&run) else {
+                    return relay::close(socket, 4403, "not a console").await;
+                };
                 let cut = state.consoles.connections.join(&vm_id, kind);
-                let dir = state.vms.run_dirs.of(&vm_id);
                 if kind == Kind::Serial {
-                    let paths = (dir.join(kind.socket()), dir.join("serial.log"));
+                    let paths = (target, run.serial_log());
                     serial::viewer(socket, &state.consoles.serial, &vm_id, paths, cut).await;
                 } else {
-                    relay::websocket(socket, &dir.join(kind.socket()), cut).await;
+                    relay::websocket(socket, &target, cut).await;
                 }
             }
         }

@@ -71,7 +71,7 @@ async fn still_running(state: &AppState, vm_id: &str) -> bool {
 }
 
 async fn serve(state: &AppState, listener: TcpListener, vm_id: &str) {
-    let socket = state.vms.run_dirs.of(vm_id).join("spice.sock");
+    let socket = state.vms.run_dirs.run(vm_id).spice();
     loop {
         tokio::select! {
             accepted = listener.accept() => {

@@ -26,7 +26,7 @@ use crate::auth::AuthUser;
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::guest_agent::{self, AgentLocks, GuestInterface};
-use crate::qmp::{Command, Qmp};
+use crate::qmp::{self, Command};
 use crate::state::AppState;
 use crate::store::now_unix;
 use crate::vms::model::{VmRecord, VmStatus};
@@ -134,21 +134,18 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
     };
     let at = Instant::now();
     let qmp_sock = state.vms.run_dirs.qmp(&vm.id);
-    let (disks, guest_memory_bytes) = match Qmp::connect(&qmp_sock).await {
-        Ok(mut q) => {
-            let disks = q.execute(&Command::query_blockstats()).await.ok().map(|s| vm::disk_counters(&s));
-            let balloon = q.execute(&Command::query_balloon()).await.ok().and_then(|b| b["actual"].as_u64());
-            (disks, balloon)
-        }
-        Err(_) => (None, None),
-    };
+    let (stats, balloon) = (Command::query_blockstats(), Command::query_balloon());
+    let (stats, balloon) = tokio::join!(qmp::run(&qmp_sock, &stats), qmp::run(&qmp_sock, &balloon));
+    let disks = stats.ok().map(|s| vm::disk_counters(&s));
+    // Only VMs with a balloon device answer this.
+    let guest_memory_bytes = balloon.ok().and_then(|b| b["actual"].as_u64());
     // Rates need the time the counters were read, before the agent (which may take seconds).
     let disks_at = Instant::now();
     let silent = state.metrics.latest().agent_silent_until.get(&vm.id).is_some_and(|t| *t > Instant::now());
     let interfaces = if silent {
         None
     } else {
-        let qga_sock = state.vms.run_dirs.of(&vm.id).join("qga.sock");
+        let qga_sock = state.vms.run_dirs.run(&vm.id).qga();
         let reply = guest_agent::with_agent(&state.metrics.agents, &vm.id, &qga_sock, async |agent| {
             agent.execute("guest-network-get-interfaces", None).await
         })

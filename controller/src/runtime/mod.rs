@@ -1,5 +1,5 @@
-//! How VMs are run. The controller talks to a `Runtime`; `process` runs each VM's `vmrunner` as a
-//! child process (the embedded default), and the docker runtime (its own issue) plugs in the same way.
+//! How VMs are run. The controller talks to a `Runtime`: `process` runs each VM's `vmrunner` as a
+//! child process (the embedded default), `docker` runs it in a container of its own.
 //! Either way everything about a running VM is reached through its run directory.
 
 pub mod docker;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use serde::Serialize;
+use vmrunner::paths::RunDir;
 use vmrunner::run_config::{CONFIG_FILE, EXIT_FILE, ExitRecord, READY_FILE, RunConfig};
 
 use crate::qmp;
@@ -185,8 +186,15 @@ impl RunDirs {
         self.root.join(vm_id)
     }
 
+    /// The files of the VM's current run.
+    pub fn run(&self, vm_id: &str) -> RunDir {
+        RunDir::new(self.of(vm_id))
+    }
+
+    /// The monitor the controller's commands go to.
     pub fn qmp(&self, vm_id: &str) -> PathBuf {
-        self.of(vm_id).join("qmp.sock")
+        let run = self.run(vm_id);
+        qmp::socket_of(run.monitor(), run.qmp())
     }
 
     /// How the last run ended, if vmrunner recorded it.

@@ -77,7 +77,7 @@ impl Runtime for ProcessRuntime {
             bail!("the previous run of this VM is still shutting down; try again");
         }
         let config_path = write_run_config(config)?;
-        let log_path = config.launch.run_dir.join("vmrunner.log");
+        let log_path = config.launch.run().vmrunner_log();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = tokio::process::Command::new(&self.vmrunner);
         cmd.arg("run").arg(&config_path).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);

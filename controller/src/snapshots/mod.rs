@@ -82,7 +82,7 @@ impl Disk {
 
 /// Every disk of the VM with its format: disk0, then the attached volumes.
 async fn all_disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<(Disk, DiskFormat, String)>> {
-    let disk0 = Disk { path: state.vms.vms_dir.join(&vm.id).join("disk0.qcow2"), node: "disk0".into() };
+    let disk0 = Disk { path: state.vms.vm_dir(&vm.id).disk(), node: "disk0".into() };
     let mut list = vec![(disk0, DiskFormat::Qcow2, "disk0".to_string())];
     let id = vm.id.clone();
     for v in state.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &id)?)).await? {
@@ -202,7 +202,7 @@ async fn list_snapshots(
         })
         .await?;
     // Sizes of saved RAM, from the image itself (-U: readable while the VM runs).
-    let disk = state.vms.vms_dir.join(&vm.id).join("disk0.qcow2");
+    let disk = state.vms.vm_dir(&vm.id).disk();
     if let Ok(out) = Command::new(&state.vms.qemu_img)
         .args(["info", "-U", "-f", "qcow2", "--output=json"])
         .arg(&disk)

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use rusqlite::params;
 use vmrunner::VmSpec;
+use vmrunner::paths::VmDir;
 
 use super::manager::VmManager;
 use super::model::VmRecord;
@@ -19,7 +20,7 @@ impl VmManager {
     }
 
     fn disk_of(&self, id: &str) -> PathBuf {
-        self.vms_dir.join(id).join("disk0.qcow2")
+        self.vm_dir(id).disk()
     }
 
     /// The images a VM's disk is stacked on, each checked to be one of the shared bases clones make
@@ -102,8 +103,8 @@ impl VmManager {
             return Err(e);
         }
         // UEFI variables (boot entries) are the machine's own settings: the clone starts with a copy.
-        for file in ["OVMF_VARS.fd", "OVMF_VARS.template"] {
-            let from = self.vms_dir.join(source_id).join(file);
+        for file in VmDir::FIRMWARE_FILES {
+            let from = self.vm_dir(source_id).path().join(file);
             if from.exists() {
                 std::fs::copy(&from, clone_dir.join(file)).map_err(anyhow::Error::from)?;
             }

@@ -78,7 +78,7 @@ async fn guest_info(
     if vm.status != VmStatus::Running {
         return Ok(Json(GuestInfo { reason: Some("The VM is not running".into()), ..GuestInfo::default() }));
     }
-    let socket = state.vms.run_dirs.of(&vm.id).join("qga.sock");
+    let socket = state.vms.run_dirs.run(&vm.id).qga();
     let answer = guest_agent::with_agent(&state.metrics.agents, &vm.id, &socket, async |agent| {
         let hostname = agent.execute("guest-get-host-name", None).await?;
         // The rest is optional: older or restricted agents lack some commands.
@@ -143,7 +143,7 @@ async fn resize_display(
     if vm.status != VmStatus::Running {
         return Err(ApiError::Conflict("The VM is not running".into()));
     }
-    let socket = state.vms.run_dirs.of(&vm.id).join("qga.sock");
+    let socket = state.vms.run_dirs.run(&vm.id).qga();
     let mode = format!("{}x{}", req.width, req.height);
     let args = json!({"path": "/bin/sh", "arg": ["-c", "DISPLAY=:0 xrandr --size \"$1\"", "resize", mode]});
     guest_agent::with_agent(&state.metrics.agents, &vm.id, &socket, async |agent| {

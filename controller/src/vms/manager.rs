@@ -11,6 +11,7 @@ use rand::Rng;
 use tokio::sync::OwnedMutexGuard;
 use vmrunner::VmSpec;
 use vmrunner::argv::{Accel, Launch, OvmfPaths};
+use vmrunner::paths::VmDir;
 use vmrunner::run_config::RunConfig;
 use vmrunner::validate::{Limits, resolve_iso, validate};
 
@@ -358,7 +359,7 @@ impl VmManager {
             )));
         }
         self.check_conflicts(id, &spec).await?;
-        let disk = self.vms_dir.join(id).join("disk0.qcow2");
+        let disk = self.vm_dir(id).disk();
         if spec.disk_size > current.spec.disk_size && disk.exists() {
             crate::storage::grow_image(&self.qemu_img, &disk, spec.disk_size).await?;
         }
@@ -508,6 +509,10 @@ impl VmManager {
         let i = id.to_string();
         self.store.call(move |c| Ok(store::delete(c, &i)?)).await?;
         self.emit(&vm, VmStatus::Stopped, "deleted", None);
+        let run = self.run_dirs.run(id);
+        for socket in [run.monitor(), run.qmp()] {
+            crate::qmp::monitors().forget(&socket);
+        }
         // Only the VM's own directories: ISOs live elsewhere and are never touched.
         for dir in [self.vms_dir.join(id), self.run_dirs.of(id)] {
             if let Err(e) = remove_dir_if_present(&dir) {
@@ -520,9 +525,14 @@ impl VmManager {
         Ok(())
     }
 
+    /// The files the VM keeps for its life (disk, firmware variables, TPM state).
+    pub fn vm_dir(&self, id: &str) -> VmDir {
+        VmDir::new(self.vms_dir.join(id))
+    }
+
     pub fn logs(&self, id: &str, lines: usize) -> (String, String) {
-        let dir = self.run_dirs.of(id);
-        (tail(&dir.join("qemu.log"), lines), tail(&dir.join("serial.log"), lines))
+        let run = self.run_dirs.run(id);
+        (tail(&run.qemu_log(), lines), tail(&run.serial_log(), lines))
     }
 
     /// Brings the database in line with what is really running: VMs whose QEMU is gone become
@@ -608,7 +618,7 @@ impl VmManager {
     /// Why the last run ended, when it did not end cleanly. `runtime_detail` is the runtime's own
     /// account (a container's exit code and logs), used when vmrunner could not record anything.
     fn exit_error(&self, id: &str, runtime_detail: Option<String>) -> Option<String> {
-        let last_lines = || tail(&self.run_dirs.of(id).join("qemu.log"), 5);
+        let last_lines = || tail(&self.run_dirs.run(id).qemu_log(), 5);
         match self.run_dirs.exit_record(id) {
             Some(r) if r.error.is_some() => r.error,
             Some(r) if r.code == Some(0) => None,

@@ -1,11 +1,15 @@
-//! The QMP client: one connection per operation (QEMU serves one client per monitor socket, and
-//! short connections leave the socket free for the next caller), speaking the typed commands and
-//! messages of `vmrunner::qmp`.
+//! The QMP client, speaking the typed commands and messages of `vmrunner::qmp`: the wire (a
+//! connection, its greeting and capabilities, replies matched by id) and, in `monitor`, the one
+//! shared connection per VM that every command of the controller goes through.
+
+mod monitor;
 
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+pub use monitor::{Event, Monitors, socket_of};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -14,6 +18,23 @@ pub use vmrunner::qmp::Command;
 use vmrunner::qmp::{MAX_MESSAGE, Message};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The controller's monitor connections (one per VM socket, opened on first use).
+static MONITORS: LazyLock<Monitors> = LazyLock::new(Monitors::default);
+
+pub fn monitors() -> &'static Monitors {
+    &MONITORS
+}
+
+/// Reads one message, however long it takes (a monitor connection is quiet between commands).
+async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<Message> {
+    let mut line = Vec::new();
+    let limit = MAX_MESSAGE as u64 + 1;
+    if reader.take(limit).read_until(b'\n', &mut line).await? == 0 {
+        bail!("QMP connection closed");
+    }
+    Ok(Message::parse(line.strip_suffix(b"\n").unwrap_or(&line))?)
+}
 
 pub struct Qmp {
     reader: BufReader<OwnedReadHalf>,
@@ -43,15 +64,12 @@ impl Qmp {
     }
 
     async fn read_message(&mut self) -> anyhow::Result<Message> {
-        let mut line = Vec::new();
-        let limit = MAX_MESSAGE as u64 + 1;
-        let n = tokio::time::timeout(TIMEOUT, (&mut self.reader).take(limit).read_until(b'\n', &mut line))
-            .await
-            .context("QMP read timed out")??;
-        if n == 0 {
-            bail!("QMP connection closed");
-        }
-        Ok(Message::parse(line.strip_suffix(b"\n").unwrap_or(&line))?)
+        tokio::time::timeout(TIMEOUT, read_message(&mut self.reader)).await.context("QMP read timed out")?
+    }
+
+    /// The connection's halves, for a monitor that reads and writes at once.
+    fn into_parts(self) -> (BufReader<OwnedReadHalf>, OwnedWriteHalf) {
+        (self.reader, self.writer)
     }
 
     /// Runs a command and returns its `return` value; events that arrive meanwhile are skipped.
@@ -77,9 +95,9 @@ pub async fn status(socket: &Path) -> Option<String> {
     vmrunner::qmp::run_state(&reply).map(String::from)
 }
 
-/// Sends one command on a fresh connection.
+/// Runs one command on the shared connection to `socket`.
 pub async fn run(socket: &Path, command: &Command) -> anyhow::Result<Value> {
-    Qmp::connect(socket).await?.execute(command).await
+    MONITORS.execute(socket, command).await
 }
 
 /// Runs a QMP job to its end: `command` gets a fresh job id, `query-jobs` is polled until the job
