@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use utoipa::ToSchema;
+pub use vmrunner::qga::{self, GuestCommand};
 
 /// Largest reply read from an agent (a guest with many interfaces or filesystems stays far below).
 const MAX_REPLY: u64 = 4 << 20;
@@ -44,10 +45,9 @@ impl Agent {
         let (r, w) = stream.into_split();
         let mut agent = Agent { reader: BufReader::new(r), writer: w };
         let id: u32 = rand::random::<u32>() & 0x7fff_ffff;
-        let sync = format!("{{\"execute\":\"guest-sync-delimited\",\"arguments\":{{\"id\":{id}}}}}\n");
         // A leading 0xFF makes the agent drop any half-read request of an earlier client.
         agent.writer.write_all(&[0xff]).await?;
-        agent.writer.write_all(sync.as_bytes()).await?;
+        agent.writer.write_all(&GuestCommand::sync_delimited(id).encode()).await?;
         loop {
             // The reply to a delimited sync comes after a 0xFF byte; skip everything before it.
             let mut byte = [0u8; 1];
@@ -57,35 +57,24 @@ impl Agent {
                     break;
                 }
             }
-            let reply = agent.read_line().await?;
-            if reply.get("return").and_then(Value::as_u64) == Some(id.into()) {
+            if agent.read_reply().await?.ok().and_then(|v| v.as_u64()) == Some(id.into()) {
                 return Ok(agent);
             }
         }
     }
 
-    async fn read_line(&mut self) -> anyhow::Result<Value> {
+    async fn read_reply(&mut self) -> anyhow::Result<Result<Value, String>> {
         let mut line = String::new();
         // The guest writes this: a line without end must not grow without bound.
         if (&mut self.reader).take(MAX_REPLY).read_line(&mut line).await? == 0 {
             bail!("the guest agent closed the channel");
         }
-        Ok(serde_json::from_str(line.trim_start_matches('\u{ff}'))?)
+        Ok(qga::reply(&line)?)
     }
 
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> anyhow::Result<Value> {
-        let mut msg = json!({"execute": command});
-        if let Some(a) = arguments {
-            msg["arguments"] = a;
-        }
-        let mut bytes = serde_json::to_vec(&msg)?;
-        bytes.push(b'\n');
-        self.writer.write_all(&bytes).await?;
-        let reply = self.read_line().await?;
-        if let Some(err) = reply.get("error") {
-            bail!("{command}: {}", err.get("desc").and_then(Value::as_str).unwrap_or("error"));
-        }
-        Ok(reply.get("return").cloned().unwrap_or(Value::Null))
+    pub async fn execute(&mut self, command: &GuestCommand) -> anyhow::Result<Value> {
+        self.writer.write_all(&command.encode()).await?;
+        self.read_reply().await?.map_err(|desc| anyhow::anyhow!("{}: {desc}", command.name()))
     }
 }
 
@@ -169,6 +158,8 @@ pub fn display_addresses(interfaces: &[GuestInterface]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

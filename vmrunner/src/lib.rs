@@ -6,6 +6,7 @@
 
 pub mod argv;
 pub mod paths;
+pub mod qga;
 pub mod qmp;
 pub mod run_config;
 pub mod spec;

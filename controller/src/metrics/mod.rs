@@ -147,7 +147,7 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
     } else {
         let qga_sock = state.vms.run_dirs.run(&vm.id).qga();
         let reply = guest_agent::with_agent(&state.metrics.agents, &vm.id, &qga_sock, async |agent| {
-            agent.execute("guest-network-get-interfaces", None).await
+            agent.execute(&guest_agent::GuestCommand::network_interfaces()).await
         })
         .await
         .ok();

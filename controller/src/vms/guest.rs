@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use crate::audit::Audit;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::guest_agent::{self, GuestInterface};
+use crate::guest_agent::{self, GuestCommand, GuestInterface};
 use crate::http::Message;
 use crate::state::AppState;
 use crate::store::now_unix;
@@ -80,11 +80,11 @@ async fn guest_info(
     }
     let socket = state.vms.run_dirs.run(&vm.id).qga();
     let answer = guest_agent::with_agent(&state.metrics.agents, &vm.id, &socket, async |agent| {
-        let hostname = agent.execute("guest-get-host-name", None).await?;
+        let hostname = agent.execute(&GuestCommand::host_name()).await?;
         // The rest is optional: older or restricted agents lack some commands.
-        let os = agent.execute("guest-get-osinfo", None).await.unwrap_or(Value::Null);
-        let interfaces = agent.execute("guest-network-get-interfaces", None).await.unwrap_or(Value::Null);
-        let fs = agent.execute("guest-get-fsinfo", None).await.unwrap_or(Value::Null);
+        let os = agent.execute(&GuestCommand::os_info()).await.unwrap_or(Value::Null);
+        let interfaces = agent.execute(&GuestCommand::network_interfaces()).await.unwrap_or(Value::Null);
+        let fs = agent.execute(&GuestCommand::fs_info()).await.unwrap_or(Value::Null);
         Ok((hostname, os, interfaces, fs))
     })
     .await;
@@ -145,9 +145,9 @@ async fn resize_display(
     }
     let socket = state.vms.run_dirs.run(&vm.id).qga();
     let mode = format!("{}x{}", req.width, req.height);
-    let args = json!({"path": "/bin/sh", "arg": ["-c", "DISPLAY=:0 xrandr --size \"$1\"", "resize", mode]});
+    let xrandr = GuestCommand::exec("/bin/sh", &["-c", "DISPLAY=:0 xrandr --size \"$1\"", "resize", &mode]);
     guest_agent::with_agent(&state.metrics.agents, &vm.id, &socket, async |agent| {
-        agent.execute("guest-exec", Some(args)).await
+        agent.execute(&xrandr).await
     })
     .await
     .map_err(|e| ApiError::Unavailable(format!("{e:#}")))?;
