@@ -34,6 +34,7 @@ use crate::jobs::Progress;
 use crate::quotas::store as quotas;
 use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
+use crate::vms::lifecycle::Op;
 use crate::vms::model::{VmActionResponse, VmRecord};
 use crate::{qmp, storage};
 use archive::Manifest;
@@ -599,9 +600,7 @@ async fn restore(
         ApiError::NotFound("The original VM no longer exists: give a new_name to restore as a new VM".into())
     })?;
     let _guard = state.vms.lock(&vm.id).await;
-    if state.vms.is_running(&vm).await? {
-        return Err(ApiError::Conflict("Stop the VM before restoring a backup onto it".into()));
-    }
+    state.vms.require(&vm, Op::RestoreBackup).await?;
     progress.phase("replacing the VM's files");
     let vm_dir = state.vms.vm_dir(&vm.id);
     std::fs::create_dir_all(vm_dir.path()).context("creating the VM directory")?;

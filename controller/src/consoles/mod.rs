@@ -34,6 +34,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::qmp::{self, Command};
 use crate::state::AppState;
+use crate::vms::lifecycle::{self, Op, VmState};
 use crate::vms::model::{VmRecord, VmStatus};
 use websocket::Upgrade;
 
@@ -156,9 +157,9 @@ pub struct SpiceTools {
 /// The VM, when `user` may see it and it runs.
 async fn running_vm(state: &AppState, user: &SessionUser, vm_id: &str) -> ApiResult<VmRecord> {
     let vm = crate::vms::owned(state, user, vm_id).await?;
-    if vm.status != VmStatus::Running || !state.vms.is_running(&vm).await? {
-        return Err(ApiError::Conflict("The VM is not running".into()));
-    }
+    // A record that still says stopped (a start under way) is not a console's yet.
+    let now = if vm.status == VmStatus::Running { state.vms.state_of(&vm).await? } else { VmState::Stopped };
+    lifecycle::check(now, Op::Console)?;
     Ok(vm)
 }
 

@@ -24,6 +24,7 @@ use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
+use crate::vms::lifecycle::Op;
 use crate::vms::model::VmRecord;
 use crate::{qmp, storage};
 
@@ -306,9 +307,7 @@ async fn restore_snapshot(
     let _guard = state.vms.lock(&vm_id).await;
     let vm = state.vms.get(&vm_id).await?;
     let snap = load(&state, &vm_id, &snap_id).await?;
-    if state.vms.is_running(&vm).await? {
-        return Err(ApiError::Conflict("Stop the VM before restoring a snapshot".into()));
-    }
+    state.vms.require(&vm, Op::RestoreSnapshot).await?;
     let (disks, missing) = holding(&state, &vm, &snap.tag).await?;
     if disks.first().is_none_or(|d| d.node != "disk0") {
         return Err(ApiError::Conflict(format!(

@@ -8,6 +8,7 @@ use rusqlite::params;
 use vmrunner::VmSpec;
 use vmrunner::paths::VmDir;
 
+use super::lifecycle::Op;
 use super::manager::VmManager;
 use super::model::VmRecord;
 use super::store;
@@ -65,9 +66,7 @@ impl VmManager {
     ) -> ApiResult<VmRecord> {
         let _guard = self.lock(source_id).await;
         let source = self.get(source_id).await?;
-        if self.is_running(&source).await? {
-            return Err(ApiError::Conflict("Stop the VM before cloning it".into()));
-        }
+        self.require(&source, Op::Clone).await?;
         let sid = source_id.to_string();
         let snapshots: i64 = self
             .store

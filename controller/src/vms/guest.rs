@@ -16,6 +16,7 @@ use crate::guest_agent::{self, GuestCommand, GuestInterface};
 use crate::http::Message;
 use crate::state::AppState;
 use crate::store::now_unix;
+use crate::vms::lifecycle::{self, Op, VmState};
 use crate::vms::model::VmStatus;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -140,9 +141,8 @@ async fn resize_display(
         return Err(ApiError::BadRequest("height: must be 480 to 4320".into()));
     }
     let vm = super::owned(&state, &user, &vm_id).await?;
-    if vm.status != VmStatus::Running {
-        return Err(ApiError::Conflict("The VM is not running".into()));
-    }
+    let now = if vm.status == VmStatus::Running { VmState::Running } else { VmState::Stopped };
+    lifecycle::check(now, Op::Console)?;
     let socket = state.vms.run_dirs.run(&vm.id).qga();
     let mode = format!("{}x{}", req.width, req.height);
     let xrandr = GuestCommand::exec("/bin/sh", &["-c", "DISPLAY=:0 xrandr --size \"$1\"", "resize", &mode]);

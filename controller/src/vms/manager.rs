@@ -15,6 +15,7 @@ use vmrunner::paths::VmDir;
 use vmrunner::run_config::RunConfig;
 use vmrunner::validate::{Limits, resolve_iso, validate};
 
+use super::lifecycle::{self, Op, VmState};
 use super::model::{VmRecord, VmStatus};
 use super::store;
 use crate::error::{ApiError, ApiResult};
@@ -156,6 +157,24 @@ impl VmManager {
 
     pub async fn is_running(&self, vm: &VmRecord) -> ApiResult<bool> {
         Ok(self.rt(vm)?.inspect(&vm.id).await?.running)
+    }
+
+    /// The VM's state as its runtime reports it (a stopped VM whose last run failed: crashed).
+    pub async fn state_of(&self, vm: &VmRecord) -> ApiResult<VmState> {
+        Ok(if self.is_running(vm).await? {
+            VmState::Running
+        } else if vm.last_error.is_some() {
+            VmState::Crashed
+        } else {
+            VmState::Stopped
+        })
+    }
+
+    /// Checks that `op` may be done to `vm` now (call it under the VM's lock); its state if so.
+    pub async fn require(&self, vm: &VmRecord, op: Op) -> ApiResult<VmState> {
+        let state = self.state_of(vm).await?;
+        lifecycle::check(state, op)?;
+        Ok(state)
     }
 
     /// Subscribes to every runtime's events (call once, inside the async runtime).
@@ -348,9 +367,7 @@ impl VmManager {
         let mut spec: VmSpec = serde_json::from_value(merged)
             .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?;
         self.check_rules(&spec, Some(&current.spec), &current.owner, is_admin).await?;
-        if self.rt(&current)?.inspect(id).await?.running {
-            return Err(ApiError::Conflict("Stop the VM before changing its configuration".into()));
-        }
+        self.require(&current, Op::Edit).await?;
         self.normalize(&mut spec)?;
         if spec.disk_size < current.spec.disk_size {
             return Err(ApiError::BadRequest(format!(
@@ -422,9 +439,7 @@ impl VmManager {
 
     async fn start_locked(&self, vm: &VmRecord, loadvm: Option<String>) -> ApiResult<()> {
         let rt = self.rt(vm)?;
-        if rt.inspect(&vm.id).await?.running {
-            return Err(ApiError::Conflict("VM is already running".into()));
-        }
+        self.require(vm, Op::Start).await?;
         let mut config = self.run_config(vm).await?;
         config.launch.loadvm = loadvm;
         match rt.start(&config).await {
@@ -467,9 +482,7 @@ impl VmManager {
     pub async fn stop(&self, id: &str, mode: StopMode) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
         let vm = self.get(id).await?;
-        if !self.rt(&vm)?.inspect(id).await?.running {
-            return Err(ApiError::Conflict("VM is not running".into()));
-        }
+        self.require(&vm, Op::Stop).await?;
         self.stop_locked(&vm, mode).await?;
         self.get(id).await
     }
@@ -479,9 +492,7 @@ impl VmManager {
     pub async fn restart(&self, id: &str, hard: bool, timeout: Duration) -> ApiResult<VmRecord> {
         let _guard = self.lock(id).await;
         let vm = self.get(id).await?;
-        if !self.rt(&vm)?.inspect(id).await?.running {
-            return Err(ApiError::Conflict("VM is not running".into()));
-        }
+        self.require(&vm, Op::Restart).await?;
         if hard {
             crate::qmp::run(&self.run_dirs.qmp(id), &crate::qmp::Command::system_reset())
                 .await
@@ -497,11 +508,11 @@ impl VmManager {
         let guard = self.lock(id).await;
         let vm = self.get(id).await?;
         let rt = self.rt(&vm)?;
-        if rt.inspect(id).await?.running {
-            if !force {
-                return Err(ApiError::Conflict("VM is running: stop it first or use ?force=true".into()));
-            }
+        let state = self.state_of(&vm).await?;
+        if state.has_qemu() && force {
             self.stop_locked(&vm, StopMode::Force).await?;
+        } else {
+            lifecycle::check(state, Op::Delete)?;
         }
         rt.remove(id)
             .await

@@ -5,6 +5,7 @@
 
 mod clone;
 pub mod guest;
+pub mod lifecycle;
 pub mod manager;
 pub mod model;
 pub mod store;
