@@ -50,6 +50,11 @@ impl Link {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting().insert(id, tx);
+        // The connection may have ended between being handed out and now: nobody would answer.
+        if !self.alive.load(Ordering::Relaxed) {
+            self.waiting().remove(&id);
+            return Err(anyhow!("QMP connection closed"));
+        }
         let sent = self.writer.lock().await.write_all(&command.encode(id)).await;
         if let Err(e) = sent {
             self.waiting().remove(&id);
@@ -128,6 +133,7 @@ impl Monitors {
 
     /// Drops the connection to `socket` (its VM is gone), failing whatever waits on it.
     pub fn forget(&self, socket: &Path) {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).remove(socket);
         let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(socket);
         if let Some(slot) = slot {
             if let Ok(mut slot) = slot.try_lock() {
