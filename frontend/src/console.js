@@ -38,14 +38,12 @@ export function consoles() {
     conClipboard: '',
     conAgent: false,
     conWidth: Math.max(DOCK_MIN, Number(localStorage.getItem(DOCK_KEY)) || Math.round(window.innerWidth / 2)),
-    wideWindow: window.innerWidth >= SPLIT_MIN_WINDOW,
     viewportWidth: window.innerWidth,
     conResizeTimer: null,
     conObserver: null,
 
     initConsole() {
       window.addEventListener('resize', () => {
-        this.wideWindow = window.innerWidth >= SPLIT_MIN_WINDOW;
         this.viewportWidth = window.innerWidth;
       });
       this.conObserver = new ResizeObserver(() => this.consoleResized());
@@ -170,20 +168,24 @@ export function consoles() {
       return this.conState === 'connected' && this.con !== null;
     },
 
+    wideWindow() {
+      return this.viewportWidth >= SPLIT_MIN_WINDOW;
+    },
+
     /** The split: the console beside the view on a wide window, over it on a narrow one. */
     consoleClass() {
       if (this.popped()) return 'console-panel fixed inset-0';
-      return this.wideWindow ? 'console-panel fixed inset-y-0 right-0' : 'console-panel fixed inset-0';
+      return this.wideWindow() ? 'console-panel fixed inset-y-0 right-0' : 'console-panel fixed inset-0';
     },
 
     // Objects, not strings: a string would replace the whole style attribute, x-show's with it.
     consoleStyle() {
-      return this.popped() || !this.wideWindow ? {} : { width: this.dockPx() + 'px' };
+      return this.popped() || !this.wideWindow() ? {} : { width: this.dockPx() + 'px' };
     },
 
     /** The room the view leaves for a docked console. */
     splitStyle() {
-      return this.consoleShown() && this.wideWindow && !this.popped() ? { marginRight: this.dockPx() + 'px' } : {};
+      return this.consoleShown() && this.wideWindow() && !this.popped() ? { marginRight: this.dockPx() + 'px' } : {};
     },
 
     /** The docked width, kept within what this window leaves. */

@@ -3,7 +3,7 @@
 // to another host. Screenshots go to $FASTVM_SCREENSHOTS (default: frontend/screenshots).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -413,7 +413,7 @@ test('the graphical consoles (SPICE and VNC) and the monitoring charts, on a run
   await page.evaluate(() => document.exitFullscreen());
   // A remote-viewer file for the same console.
   const [vv] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'remote-viewer file' }).click()]);
-  const vvText = await (await import('node:fs/promises')).readFile(await vv.path(), 'utf8');
+  const vvText = readFileSync(await vv.path(), 'utf8');
   assert.match(vvText, /^\[virt-viewer\]\ntype=spice\n/);
   assert.match(vvText, /\npassword=\w{24}\n/);
 

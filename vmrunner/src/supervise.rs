@@ -171,7 +171,7 @@ fn resume(cfg: &RunConfig, qemu: &mut Child) -> Result<()> {
         if (&mut reader).take(limit).read_until(b'\n', &mut line).map_err(io("QMP read"))? == 0 {
             return Err(Error::Qmp("QMP closed the connection".into()));
         }
-        Message::parse(line.strip_suffix(b"\n").unwrap_or(&line)).map_err(|e| Error::Qmp(e.to_string()))
+        Message::parse(&line).map_err(|e| Error::Qmp(e.to_string()))
     };
     // Events QEMU kept for an earlier client may come before the greeting.
     loop {

@@ -33,7 +33,8 @@ async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<M
     if reader.take(limit).read_until(b'\n', &mut line).await? == 0 {
         bail!("QMP connection closed");
     }
-    Ok(Message::parse(line.strip_suffix(b"\n").unwrap_or(&line))?)
+    // JSON allows the line's trailing newline.
+    Ok(Message::parse(&line)?)
 }
 
 pub struct Qmp {
