@@ -28,10 +28,7 @@ use crate::runtime::{RunDirs, Runtime};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::vms::manager::VmManager;
-use crate::{
-    audit, auth, backups, cloudinit, consoles, host, http, isos, jobs, metrics, quotas, snapshots, system,
-    vms, volumes, web,
-};
+use crate::{auth, backups, host, http, metrics, system, vms, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -70,21 +67,7 @@ impl Modify for BearerAuth {
 }
 
 fn api() -> (Router<AppState>, OpenApiDoc) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(auth::routes())
-        .merge(quotas::routes())
-        .merge(audit::routes())
-        .merge(system::routes())
-        .merge(vms::routes())
-        .merge(volumes::routes())
-        .merge(cloudinit::routes())
-        .merge(isos::routes())
-        .merge(snapshots::routes())
-        .merge(backups::routes())
-        .merge(jobs::routes())
-        .merge(consoles::routes())
-        .merge(metrics::routes())
-        .split_for_parts()
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::api::routes()).split_for_parts()
 }
 
 /// The OpenAPI document the code describes (what `fastvm openapi` prints).
@@ -233,7 +216,7 @@ pub fn router(state: AppState) -> Router {
     let trusted: std::sync::Arc<str> = state.settings.trusted_proxies.clone().into();
     Router::new()
         .merge(
-            api.layer(from_fn_with_state(state.clone(), audit::middleware))
+            api.layer(from_fn_with_state(state.clone(), crate::api::audit::middleware))
                 .layer(from_fn_with_state(state.clone(), metrics::prometheus::track)),
         )
         .route("/metrics", axum::routing::get(metrics::prometheus::scrape))

@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::audit::Audit;
-use crate::auth::{AdminUser, AuthUser};
+use crate::api::audit::Audit;
+use crate::api::session::{AdminUser, AuthUser};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::state::AppState;

@@ -1,6 +1,7 @@
 //! Fast VM controller: the HTTP API, the dashboard, and the VMs behind them (lifecycle, storage,
 //! consoles, backups, metrics).
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;

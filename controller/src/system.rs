@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::AuthUser;
+use crate::api::session::AuthUser;
 use crate::error::ErrorBody;
 use crate::host::{self, NetInterface};
 use crate::state::AppState;

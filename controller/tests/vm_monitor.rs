@@ -1,5 +1,6 @@
 //! Many operations at once on one running guest: the controller's commands share its one monitor
-//! connection instead of queueing for QEMU's single-client socket, and none fails.
+//! connection instead of queueing for QEMU's single-client socket, and none fails. Then pause and
+//! resume, through the monitor's events and through the API.
 
 mod common;
 
@@ -71,5 +72,56 @@ async fn fifty_operations_at_once_on_one_guest() -> TestResult {
     }
     assert!(failures.is_empty(), "{} of 50 failed: {failures:?}", failures.len());
     assert_eq!(qmp::monitors().opened(), opened, "no operation opened a connection of its own");
+
+    // The lifecycle hears the monitor: a guest paused behind the API's back shows as paused.
+    qmp::run(&monitor, &Command::stop()).await?;
+    let vm = wait_state(&s, &admin, &id, "paused").await;
+    assert_eq!(vm["status"], "running", "the original's field keeps saying running: {vm}");
+    let (status, body) = s.get(&format!("/api/vms/{id}/spice"), &admin).await;
+    assert_eq!(status, StatusCode::OK, "a paused guest's console opens: {body}");
+    let (status, body) =
+        s.call(reqwest::Method::POST, &format!("/api/vms/{id}/pause"), Some(admin.as_str()), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["detail"], "VM is already paused");
+    let (status, body) =
+        s.call(reqwest::Method::POST, &format!("/api/vms/{id}/resume"), Some(admin.as_str()), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["vm"]["state"], "running", "{body}");
+    let reply = qmp::run(&monitor, &Command::query_status()).await?;
+    assert_eq!(vmrunner::qmp::run_state(&reply), Some("running"));
+
+    // And through the API, both ways.
+    let (status, body) =
+        s.call(reqwest::Method::POST, &format!("/api/vms/{id}/pause"), Some(admin.as_str()), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["vm"]["state"], "paused", "{body}");
+    let reply = qmp::run(&monitor, &Command::query_status()).await?;
+    assert_eq!(vmrunner::qmp::run_state(&reply), Some("paused"));
+    let (status, body) =
+        s.call(reqwest::Method::POST, &format!("/api/vms/{id}/resume"), Some(admin.as_str()), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_state(&s, &admin, &id, "running").await;
+    // A resumed guest resumed for real: a stop is a stop of a running guest.
+    let (status, body) = s
+        .call(reqwest::Method::POST, &format!("/api/vms/{id}/stop?force=true"), Some(admin.as_str()), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["vm"]["state"], "stopped", "{body}");
+    let (status, body) =
+        s.call(reqwest::Method::POST, &format!("/api/vms/{id}/resume"), Some(admin.as_str()), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     Ok(())
+}
+
+/// The VM once its `state` is `want` (within 10 s; the test fails otherwise).
+async fn wait_state(s: &TestServer, token: &str, id: &str, want: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, vm) = s.get(&format!("/api/vms/{id}"), token).await;
+        if vm["state"] == want {
+            return vm;
+        }
+        assert!(std::time::Instant::now() < deadline, "state never became {want}: {vm}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -5,8 +5,7 @@ use rusqlite::params;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -51,54 +50,5 @@ pub fn hand_over(tx: &rusqlite::Transaction<'_>, user: &str, to: &str) -> rusqli
     for table in ["vms", "volumes", "backups", "backup_schedules", "cloudinit_seeds"] {
         tx.execute(&format!("UPDATE {table} SET owner = ?2 WHERE owner = ?1"), params![user, to])?;
     }
-    Ok(())
-}
-
-/// Deletes everything `user` owns. Each object goes on its own; the user is deleted after this
-/// succeeds, so a failure (a volume attached to another user's VM, say) can be fixed and retried.
-pub async fn delete_all(state: &AppState, user: &str) -> ApiResult<()> {
-    let u = user.to_string();
-    let vms: Vec<String> = state
-        .store
-        .call(move |c| {
-            let mut stmt = c.prepare("SELECT id FROM vms WHERE owner = ?1")?;
-            let rows = stmt.query_map([u], |r| r.get(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await?;
-    for id in vms {
-        match state.vms.delete(&id, true).await {
-            Ok(()) | Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let u = user.to_string();
-    let volumes = state
-        .store
-        .call(move |c| {
-            let all = crate::volumes::store::list(c)?;
-            Ok(all.into_iter().filter(|v| v.owner == u).collect::<Vec<_>>())
-        })
-        .await?;
-    for v in volumes {
-        let id = v.id.clone();
-        if !state.store.call(move |c| Ok(crate::volumes::store::delete_unattached(c, &id)?)).await? {
-            return Err(ApiError::Conflict(format!(
-                "Volume {} is attached to VM {}: detach it first",
-                v.name,
-                v.attached_to.unwrap_or_default()
-            )));
-        }
-        let _ = std::fs::remove_file(&v.path);
-    }
-    crate::backups::remove_all_of(state, user).await?;
-    let u = user.to_string();
-    let seeds = state.store.call(move |c| Ok(crate::store::seeds::owned_by(c, &u)?)).await?;
-    let dir = crate::isos::seeds_dir(&state.settings);
-    for name in seeds {
-        let _ = std::fs::remove_file(dir.join(&name));
-        state.store.call(move |c| Ok(crate::store::seeds::delete(c, &name)?)).await?;
-    }
-    state.jobs.forget_owner(user);
     Ok(())
 }

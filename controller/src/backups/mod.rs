@@ -25,8 +25,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::audit::Audit;
-use crate::auth::AuthUser;
+use crate::api::audit::Audit;
+use crate::api::session::AuthUser;
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
@@ -34,7 +34,9 @@ use crate::jobs::Progress;
 use crate::quotas::store as quotas;
 use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
+use crate::vms::held::Held;
 use crate::vms::lifecycle::Op;
+use crate::vms::manager::VmManager;
 use crate::vms::model::{VmActionResponse, VmRecord};
 use crate::{qmp, storage};
 use archive::Manifest;
@@ -142,22 +144,21 @@ struct LiveDisk {
 /// Copies one disk of the running VM with a QMP `blockdev-backup` job into `target` (a consistent
 /// point-in-time copy; the guest keeps running).
 async fn live_copy(
-    state: &AppState,
-    vm: &VmRecord,
+    vms: &VmManager,
+    held: &Held<'_>,
     disk: &LiveDisk,
     target: &Path,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> ApiResult<()> {
-    let sock = state.vms.run_dirs.qmp(&vm.id);
-    storage::create_image(&state.vms.qemu_img, target, disk.format, disk.size_gb).await?;
+    storage::create_image(&vms.qemu_img, target, disk.format, disk.size_gb).await?;
     let node = format!("backup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let failed = |e: anyhow::Error| ApiError::Operation(format!("live backup of {}: {e:#}", disk.member));
     let file =
         json!({"driver": disk.format, "node-name": node, "file": {"driver": "file", "filename": target}});
-    qmp::run(&sock, &qmp::Command::blockdev_add(file)).await.map_err(failed)?;
+    held.qmp(&qmp::Command::blockdev_add(file)).await.map_err(failed)?;
     let backup = |job: &str| qmp::Command::blockdev_backup(job, &disk.node, &node);
-    let result = qmp::run_job(&sock, backup, JOB_TIMEOUT, progress).await.map_err(failed);
-    let _ = qmp::run(&sock, &qmp::Command::blockdev_del(&node)).await;
+    let result = held.qmp_job(backup, JOB_TIMEOUT, progress).await.map_err(failed);
+    let _ = held.qmp(&qmp::Command::blockdev_del(&node)).await;
     result
 }
 
@@ -172,7 +173,7 @@ async fn create_backup(
     UrlPath(vm_id): UrlPath<String>,
 ) -> ApiResult<Json<BackupResponse>> {
     audit.action("backup.create").target(&vm_id);
-    crate::vms::owned(&state, &user, &vm_id).await?;
+    state.vms.owned(&user, &vm_id).await?;
     state.vms.check_quota(&user.username, quotas::Usage::backups(1)).await?;
     let backup = backup_vm(&state, &vm_id, &user.username, false).await?;
     audit.details(&backup.id);
@@ -212,8 +213,8 @@ async fn take_backup(
     scheduled: bool,
     progress: &Progress,
 ) -> ApiResult<Backup> {
-    let _guard = state.vms.lock(vm_id).await;
-    let vm = state.vms.get(vm_id).await?;
+    let held = state.vms.enter(vm_id, Op::Backup).await?;
+    let vm = held.vm.clone();
     let id = crate::vms::manager::new_id();
     let backups_dir = state.settings.data_dir.join("backups");
     let work =
@@ -223,7 +224,7 @@ async fn take_backup(
     let volumes = state.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &v)?)).await?;
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let disk = vm_dir.disk();
-    let running = state.vms.is_running(&vm).await?;
+    let running = held.live();
     // Live copies are written by QEMU, so they go where QEMU can write even inside its container:
     // the VM's own directory (removed with the work directory, as they are).
     let copies = if running {
@@ -260,8 +261,10 @@ async fn take_backup(
             progress.phase(&format!("copying {}", d.member));
             let copy = copies.path().join(format!("copy-{i}"));
             let from = share * i as f64;
-            live_copy(state, &vm, d, &copy, &|done, total| progress.bytes(done, total, from, from + share))
-                .await?;
+            live_copy(&state.vms, &held, d, &copy, &|done, total| {
+                progress.bytes(done, total, from, from + share)
+            })
+            .await?;
             files.push((d.member.clone(), copy));
         }
     } else {
@@ -444,8 +447,8 @@ async fn downloader(
     ticket: Option<&str>,
     backup_id: &str,
 ) -> ApiResult<SessionUser> {
-    if let Some(token) = crate::auth::extract::bearer(headers) {
-        return crate::auth::extract::session_from_token(state, token).await;
+    if let Some(token) = crate::api::session::bearer(headers) {
+        return crate::api::session::session_from_token(state, token).await;
     }
     let refused =
         || ApiError::Unauthorized("Not authenticated: a bearer token or a download ticket is needed".into());
@@ -453,7 +456,7 @@ async fn downloader(
         .and_then(|t| state.consoles.tickets.check(t))
         .filter(|t| t.kind == crate::consoles::Kind::Download && t.vm_id == backup_id)
         .ok_or_else(refused)?;
-    crate::auth::extract::current_user(state, &t.username).await.ok_or_else(refused)
+    crate::api::session::current_user(state, &t.username).await.ok_or_else(refused)
 }
 
 /// Download a backup archive (supports `Range` for resuming), with the bearer token or a ticket.
@@ -596,11 +599,10 @@ async fn restore(
         let spec = restored_spec(state, user, &manifest, name, false).await?;
         return restore_as_new(state, user, manifest, spec, staging.path()).await;
     }
-    let vm = crate::vms::owned(state, user, &manifest.vm_id).await.map_err(|_| {
+    let vm = state.vms.owned(user, &manifest.vm_id).await.map_err(|_| {
         ApiError::NotFound("The original VM no longer exists: give a new_name to restore as a new VM".into())
     })?;
-    let _guard = state.vms.lock(&vm.id).await;
-    state.vms.require(&vm, Op::RestoreBackup).await?;
+    let _held = state.vms.enter(&vm.id, Op::RestoreBackup).await?;
     progress.phase("replacing the VM's files");
     let vm_dir = state.vms.vm_dir(&vm.id);
     std::fs::create_dir_all(vm_dir.path()).context("creating the VM directory")?;

@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{Backup, backup_vm, remove};
-use crate::audit::Audit;
-use crate::auth::AuthUser;
+use crate::api::audit::Audit;
+use crate::api::session::AuthUser;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::quotas::store as quotas;
@@ -122,7 +122,7 @@ async fn get_schedule(
     AuthUser(user): AuthUser,
     Path(vm_id): Path<String>,
 ) -> ApiResult<Json<Schedule>> {
-    crate::vms::owned(&state, &user, &vm_id).await?;
+    state.vms.owned(&user, &vm_id).await?;
     load(&state, &vm_id).await?.map(Json).ok_or_else(|| ApiError::NotFound("No backup schedule".into()))
 }
 
@@ -138,7 +138,7 @@ async fn set_schedule(
     ApiJson(req): ApiJson<ScheduleRequest>,
 ) -> ApiResult<Json<ScheduleResponse>> {
     audit.action("backup.schedule").target(&vm_id);
-    crate::vms::owned(&state, &user, &vm_id).await?;
+    state.vms.owned(&user, &vm_id).await?;
     if !(1..=MAX_KEEP).contains(&req.keep) {
         return Err(ApiError::BadRequest(format!("keep: must be 1 to {MAX_KEEP}")));
     }
@@ -176,7 +176,7 @@ async fn delete_schedule(
     Path(vm_id): Path<String>,
 ) -> ApiResult<Json<Message>> {
     audit.action("backup.unschedule").target(&vm_id);
-    crate::vms::owned(&state, &user, &vm_id).await?;
+    state.vms.owned(&user, &vm_id).await?;
     let v = vm_id.clone();
     let n = state
         .store

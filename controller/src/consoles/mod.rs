@@ -26,15 +26,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use vmrunner::paths::RunDir;
 
-use crate::audit::Audit;
-use crate::auth::AuthUser;
-use crate::auth::extract::{current_user, session_from_token};
+use crate::api::audit::Audit;
+use crate::api::session::AuthUser;
+use crate::api::session::{current_user, session_from_token};
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::qmp::{self, Command};
 use crate::state::AppState;
-use crate::vms::lifecycle::{self, Op, VmState};
+use crate::vms::lifecycle::Op;
 use crate::vms::model::{VmRecord, VmStatus};
 use websocket::Upgrade;
 
@@ -156,11 +156,8 @@ pub struct SpiceTools {
 
 /// The VM, when `user` may see it and it runs.
 async fn running_vm(state: &AppState, user: &SessionUser, vm_id: &str) -> ApiResult<VmRecord> {
-    let vm = crate::vms::owned(state, user, vm_id).await?;
-    // A record that still says stopped (a start under way) is not a console's yet.
-    let now = if vm.status == VmStatus::Running { state.vms.state_of(&vm).await? } else { VmState::Stopped };
-    lifecycle::check(now, Op::Console)?;
-    Ok(vm)
+    state.vms.owned(user, vm_id).await?;
+    Ok(state.vms.enter(vm_id, Op::Console).await?.vm)
 }
 
 /// Sets the VM's SPICE password (the current one while it is valid, else a fresh one) so that it
@@ -227,7 +224,7 @@ async fn disconnect(
     vm_id: &str,
     kind: Kind,
 ) -> ApiResult<Json<Message>> {
-    let vm = crate::vms::owned(state, user, vm_id).await?;
+    let vm = state.vms.owned(user, vm_id).await?;
     let closed = state.consoles.connections.disconnect(&vm.id, kind);
     if kind == Kind::Spice {
         state.consoles.passwords().remove(&vm.id);

@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::AuthUser;
+use crate::api::session::AuthUser;
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::guest_agent::{self, AgentLocks, GuestInterface};
@@ -262,7 +262,7 @@ async fn vm_metrics(
     AuthUser(user): AuthUser,
     Path(vm_id): Path<String>,
 ) -> ApiResult<Json<VmMetrics>> {
-    let vm = crate::vms::owned(&state, &user, &vm_id).await?;
+    let vm = state.vms.owned(&user, &vm_id).await?;
     let current = state.metrics.snapshot().and_then(|s| s.vms.iter().find(|m| m.vm_id == vm.id).cloned());
     Ok(Json(current.unwrap_or_else(|| VmMetrics {
         ts: now_unix(),
@@ -354,7 +354,7 @@ async fn vm_metrics_history(
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult<Json<Vec<VmMetrics>>> {
     let minutes = window(&q)?;
-    let vm = crate::vms::owned(&state, &user, &vm_id).await?;
+    let vm = state.vms.owned(&user, &vm_id).await?;
     let mut h = series(&state, minutes, |id| id == vm.id).await?;
     Ok(Json(h.vms.remove(&vm.id).unwrap_or_default()))
 }

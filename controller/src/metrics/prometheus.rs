@@ -192,12 +192,12 @@ pub async fn scrape(
 ) -> ApiResult<Response> {
     let from_allowed = ip.is_some_and(|ip| crate::http::in_list(&state.settings.metrics_allow, ip));
     if !from_allowed {
-        let token = crate::auth::extract::bearer(&headers).ok_or_else(|| {
+        let token = crate::api::session::bearer(&headers).ok_or_else(|| {
             ApiError::Unauthorized(
                 "Not an allowed address (FASTVM_METRICS_ALLOW): a bearer token is required".into(),
             )
         })?;
-        let user = crate::auth::extract::session_from_token(&state, token).await?;
+        let user = crate::api::session::session_from_token(&state, token).await?;
         if !user.is_admin {
             return Err(ApiError::Forbidden("Admin privileges required".into()));
         }

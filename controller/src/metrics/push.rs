@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
-use crate::auth::AuthUser;
-use crate::auth::extract::{current_user, session_from_token};
+use crate::api::session::AuthUser;
+use crate::api::session::{current_user, session_from_token};
 use crate::auth::users::SessionUser;
 use crate::consoles::Kind;
 use crate::error::ErrorBody;

@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::audit::Audit;
-use crate::auth::{AdminUser, AuthUser};
+use crate::api::audit::Audit;
+use crate::api::session::{AdminUser, AuthUser};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::state::AppState;
 pub use store::{Limits, Usage};

@@ -1,42 +1,28 @@
-//! Snapshots: `/api/vms/{vm_id}/snapshots[...]`. Internal qcow2 snapshots of every disk of the VM;
-//! on a running VM a live snapshot that includes RAM (QMP `snapshot-save`), which restores to a
-//! running guest exactly where it was.
+//! Snapshots: internal qcow2 snapshots of every disk of the VM; on a running VM a live snapshot
+//! that includes RAM (QMP `snapshot-save`), which restores to a running guest exactly where it was.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::process::Command;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use vmrunner::argv::{DiskFormat, volume_ids};
 use vmrunner::validate::validate_name;
 
-use crate::audit::Audit;
-use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::http::Message;
-use crate::state::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::qmp::Command as Qmp;
+use crate::storage;
 use crate::store::{now_unix, rfc3339};
+use crate::vms::held::Held;
 use crate::vms::lifecycle::Op;
+use crate::vms::manager::VmManager;
 use crate::vms::model::VmRecord;
-use crate::{qmp, storage};
 
 /// Long enough to write a big guest's RAM to disk.
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
-
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_snapshots, create_snapshot))
-        .routes(routes!(delete_snapshot))
-        .routes(routes!(restore_snapshot))
-}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Snapshot {
@@ -61,13 +47,6 @@ pub struct CreateSnapshot {
     pub description: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SnapshotResponse {
-    pub success: bool,
-    pub message: String,
-    pub snapshot: Snapshot,
-}
-
 /// A disk of the VM: its image and, while running, its QMP block node.
 struct Disk {
     path: PathBuf,
@@ -82,20 +61,20 @@ impl Disk {
 }
 
 /// Every disk of the VM with its format: disk0, then the attached volumes.
-async fn all_disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<(Disk, DiskFormat, String)>> {
-    let disk0 = Disk { path: state.vms.vm_dir(&vm.id).disk(), node: "disk0".into() };
+async fn all_disks(vms: &VmManager, vm: &VmRecord) -> ApiResult<Vec<(Disk, DiskFormat, String)>> {
+    let disk0 = Disk { path: vms.vm_dir(&vm.id).disk(), node: "disk0".into() };
     let mut list = vec![(disk0, DiskFormat::Qcow2, "disk0".to_string())];
     let id = vm.id.clone();
-    for v in state.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &id)?)).await? {
+    for v in vms.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &id)?)).await? {
         list.push((Disk { path: v.path.into(), node: volume_ids(&v.id).0 }, v.format, v.name));
     }
     Ok(list)
 }
 
 /// The disks a new snapshot goes into: all of them, which must all be able to hold one.
-async fn disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<Disk>> {
+async fn disks(vms: &VmManager, vm: &VmRecord) -> ApiResult<Vec<Disk>> {
     let mut list = Vec::new();
-    for (disk, format, name) in all_disks(state, vm).await? {
+    for (disk, format, name) in all_disks(vms, vm).await? {
         if format == DiskFormat::Raw {
             return Err(ApiError::Conflict(format!(
                 "Volume {name} is raw: snapshots need qcow2 disks (detach it, or use a qcow2 volume)"
@@ -109,12 +88,12 @@ async fn disks(state: &AppState, vm: &VmRecord) -> ApiResult<Vec<Disk>> {
 /// The disks that hold snapshot `tag` (disk0 first), and the names of those that do not. A volume
 /// attached after the snapshot was taken does not, and a disk replaced since (by a backup restore)
 /// no longer does.
-async fn holding(state: &AppState, vm: &VmRecord, tag: &str) -> ApiResult<(Vec<Disk>, Vec<String>)> {
+async fn holding(vms: &VmManager, vm: &VmRecord, tag: &str) -> ApiResult<(Vec<Disk>, Vec<String>)> {
     let (mut with, mut without) = (Vec::new(), Vec::new());
-    for (disk, format, name) in all_disks(state, vm).await? {
+    for (disk, format, name) in all_disks(vms, vm).await? {
         let holds = format != DiskFormat::Raw
             && disk.path.exists()
-            && storage::snapshot_names(&state.vms.qemu_img, &disk.path).await?.iter().any(|n| n == tag);
+            && storage::snapshot_names(&vms.qemu_img, &disk.path).await?.iter().any(|n| n == tag);
         if holds {
             with.push(disk);
         } else {
@@ -136,9 +115,9 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
     })
 }
 
-async fn load(state: &AppState, vm_id: &str, snap_id: &str) -> ApiResult<Snapshot> {
+async fn load(vms: &VmManager, vm_id: &str, snap_id: &str) -> ApiResult<Snapshot> {
     let (v, s) = (vm_id.to_string(), snap_id.to_string());
-    state
+    vms
         .store
         .call(move |c| {
             Ok(c.query_row(
@@ -153,14 +132,14 @@ async fn load(state: &AppState, vm_id: &str, snap_id: &str) -> ApiResult<Snapsho
 }
 
 /// `qemu-img snapshot` on every disk; on failure the disks already done are put back.
-async fn offline(state: &AppState, disks: &[Disk], op: &str, tag: &str, undo: Option<&str>) -> ApiResult<()> {
+async fn offline(vms: &VmManager, disks: &[Disk], op: &str, tag: &str, undo: Option<&str>) -> ApiResult<()> {
     for (i, d) in disks.iter().enumerate() {
-        let mut cmd = Command::new(&state.vms.qemu_img);
+        let mut cmd = Command::new(&vms.qemu_img);
         cmd.args(["snapshot", op, tag]).arg(d.image_arg());
         if let Err(e) = storage::run(cmd, "qemu-img snapshot").await {
             if let Some(undo) = undo {
                 for done in &disks[..i] {
-                    let mut cmd = Command::new(&state.vms.qemu_img);
+                    let mut cmd = Command::new(&vms.qemu_img);
                     cmd.args(["snapshot", undo, tag]).arg(done.image_arg());
                     let _ = storage::run(cmd, "undoing qemu-img snapshot").await;
                 }
@@ -172,27 +151,21 @@ async fn offline(state: &AppState, disks: &[Disk], op: &str, tag: &str, undo: Op
 }
 
 /// Runs a QMP snapshot job to its end.
-async fn job(state: &AppState, vm_id: &str, command: impl FnOnce(&str) -> qmp::Command) -> ApiResult<()> {
-    let sock = state.vms.run_dirs.qmp(vm_id);
-    let result = qmp::run_job(&sock, command, JOB_TIMEOUT, &|_, _| {}).await;
+async fn job(held: &Held<'_>, command: impl FnOnce(&str) -> Qmp) -> ApiResult<()> {
+    let result = held.qmp_job(command, JOB_TIMEOUT, &|_, _| {}).await;
     // The guest is paused while its RAM is written; whatever happened, it must not stay paused.
-    if qmp::status(&sock).await.as_deref() == Some("paused") {
-        let _ = qmp::run(&sock, &qmp::Command::cont()).await;
+    if held.state == crate::vms::lifecycle::VmState::Running
+        && crate::qmp::status(&held.monitor()).await.as_deref() == Some("paused")
+    {
+        let _ = held.qmp(&Qmp::cont()).await;
     }
     result.map_err(|e| ApiError::Operation(format!("{e:#}")))
 }
 
-/// Snapshots of a VM, oldest first.
-#[utoipa::path(get, path = "/api/vms/{vm_id}/snapshots", tag = "snapshots", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), responses((status = 200, body = Vec<Snapshot>), (status = 404, body = ErrorBody)))]
-async fn list_snapshots(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-) -> ApiResult<Json<Vec<Snapshot>>> {
-    let vm = crate::vms::owned(&state, &user, &vm_id).await?;
+/// Snapshots of a VM, oldest first, with the size of their saved RAM.
+pub async fn list(vms: &VmManager, vm: &VmRecord) -> ApiResult<Vec<Snapshot>> {
     let id = vm.id.clone();
-    let mut snaps = state
+    let mut snaps = vms
         .store
         .call(move |c| {
             let mut stmt = c.prepare(
@@ -203,8 +176,8 @@ async fn list_snapshots(
         })
         .await?;
     // Sizes of saved RAM, from the image itself (-U: readable while the VM runs).
-    let disk = state.vms.vm_dir(&vm.id).disk();
-    if let Ok(out) = Command::new(&state.vms.qemu_img)
+    let disk = vms.vm_dir(&vm.id).disk();
+    if let Ok(out) = Command::new(&vms.qemu_img)
         .args(["info", "-U", "-f", "qcow2", "--output=json"])
         .arg(&disk)
         .output()
@@ -217,35 +190,19 @@ async fn list_snapshots(
             s.size = found.and_then(|x| x["vm-state-size"].as_u64()).unwrap_or(0);
         }
     }
-    Ok(Json(snaps))
+    Ok(snaps)
 }
 
-/// Take a snapshot: of the disks of a stopped VM, or live (disks and RAM) of a running one.
-#[utoipa::path(post, path = "/api/vms/{vm_id}/snapshots", tag = "snapshots", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), request_body = CreateSnapshot,
-    responses(
-        (status = 201, body = SnapshotResponse),
-        (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "Name taken, or a raw disk", body = ErrorBody),
-    ))]
-async fn create_snapshot(
-    State(state): State<AppState>,
-    audit: Audit,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-    ApiJson(req): ApiJson<CreateSnapshot>,
-) -> ApiResult<(StatusCode, Json<SnapshotResponse>)> {
-    audit.action("snapshot.create").target(&vm_id).details(&req.name);
+/// Takes a snapshot: of the disks of a stopped VM, or live (disks and RAM) of a running one.
+pub async fn take(vms: &VmManager, vm_id: &str, req: &CreateSnapshot) -> ApiResult<Snapshot> {
     validate_name(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if req.description.len() > 1000 {
         return Err(ApiError::BadRequest("description: at most 1000 characters".into()));
     }
-    crate::vms::owned(&state, &user, &vm_id).await?;
-    let _guard = state.vms.lock(&vm_id).await;
-    let vm = state.vms.get(&vm_id).await?;
-    let (v, n) = (vm_id.clone(), req.name.clone());
-    let taken: bool = state
+    let held = vms.enter(vm_id, Op::TakeSnapshot).await?;
+    let vm = &held.vm;
+    let (v, n) = (vm.id.clone(), req.name.clone());
+    let taken: bool = vms
         .store
         .call(move |c| {
             Ok(c.query_row(
@@ -258,57 +215,41 @@ async fn create_snapshot(
     if taken {
         return Err(ApiError::Conflict(format!("name: this VM already has a snapshot called {}", req.name)));
     }
-    let disks = disks(&state, &vm).await?;
+    let disks = disks(vms, vm).await?;
     let id = crate::vms::manager::new_id();
     let tag = format!("fastvm-{id}");
-    let running = state.vms.is_running(&vm).await?;
-    if running {
+    let live = held.live();
+    if live {
         let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
-        job(&state, &vm_id, |job| qmp::Command::snapshot_save(job, &tag, "disk0", &devices)).await?;
+        job(&held, |job| Qmp::snapshot_save(job, &tag, "disk0", &devices)).await?;
     } else {
         if !disks[0].path.exists() {
             // Never started: its disk is created now, so the snapshot has something to hold.
-            storage::create_image(&state.vms.qemu_img, &disks[0].path, "qcow2", vm.spec.disk_size).await?;
+            storage::create_image(&vms.qemu_img, &disks[0].path, "qcow2", vm.spec.disk_size).await?;
         }
-        offline(&state, &disks, "-c", &tag, Some("-d")).await?;
+        offline(vms, &disks, "-c", &tag, Some("-d")).await?;
     }
-    let (i, v, n, d, t) = (id.clone(), vm_id.clone(), req.name.clone(), req.description.clone(), tag.clone());
-    state
-        .store
+    let (i, v, n, d, t) = (id.clone(), vm.id.clone(), req.name.clone(), req.description.clone(), tag.clone());
+    vms.store
         .call(move |c| {
             c.execute(
                 "INSERT INTO snapshots (id, vm_id, name, description, tag, vm_state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![i, v, n, d, t, running, now_unix()],
+                params![i, v, n, d, t, live, now_unix()],
             )?;
             Ok(())
         })
         .await?;
-    audit.details(&id);
-    let snapshot = load(&state, &vm_id, &id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SnapshotResponse { success: true, message: format!("Snapshot {} created", req.name), snapshot }),
-    ))
+    load(vms, vm_id, &id).await
 }
 
-/// Go back to a snapshot (the VM must be stopped). A live snapshot brings the guest back running,
-/// where it was when the snapshot was taken.
-#[utoipa::path(post, path = "/api/vms/{vm_id}/snapshots/{snap_id}/restore", tag = "snapshots", security(("bearer" = [])),
-    params(("vm_id" = String, Path), ("snap_id" = String, Path)),
-    responses((status = 200, body = Message), (status = 404, body = ErrorBody), (status = 409, description = "VM running", body = ErrorBody)))]
-async fn restore_snapshot(
-    State(state): State<AppState>,
-    audit: Audit,
-    AuthUser(user): AuthUser,
-    Path((vm_id, snap_id)): Path<(String, String)>,
-) -> ApiResult<Json<Message>> {
-    audit.action("snapshot.restore").target(&vm_id).details(&snap_id);
-    crate::vms::owned(&state, &user, &vm_id).await?;
-    let _guard = state.vms.lock(&vm_id).await;
-    let vm = state.vms.get(&vm_id).await?;
-    let snap = load(&state, &vm_id, &snap_id).await?;
-    state.vms.require(&vm, Op::RestoreSnapshot).await?;
-    let (disks, missing) = holding(&state, &vm, &snap.tag).await?;
+/// Goes back to a snapshot (the VM must be stopped). A live snapshot brings the guest back running,
+/// where it was when the snapshot was taken. The answer says which.
+pub async fn restore(vms: &VmManager, vm_id: &str, snap_id: &str) -> ApiResult<String> {
+    // A missing snapshot is a 404 before the VM's state is looked at.
+    load(vms, vm_id, snap_id).await?;
+    let mut held = vms.enter(vm_id, Op::RestoreSnapshot).await?;
+    let snap = load(vms, vm_id, snap_id).await?;
+    let (disks, missing) = holding(vms, &held.vm, &snap.tag).await?;
     if disks.first().is_none_or(|d| d.node != "disk0") {
         return Err(ApiError::Conflict(format!(
             "Snapshot {} is no longer in the VM's disk (was the disk restored from a backup?): delete it",
@@ -325,40 +266,29 @@ async fn restore_snapshot(
     }
     // Reverting the disks first makes both kinds of restore leave the same disks behind. Volumes
     // attached since the snapshot keep their data.
-    offline(&state, &disks, "-a", &snap.tag, None).await?;
+    offline(vms, &disks, "-a", &snap.tag, None).await?;
     if snap.vm_state {
-        state.vms.start_from_snapshot(&vm, &snap.tag).await?;
-        return Ok(Message::ok(format!("Snapshot {} restored; the VM runs from it", snap.name)));
+        held.start_from_snapshot(&snap.tag).await?;
+        return Ok(format!("Snapshot {} restored; the VM runs from it", snap.name));
     }
-    Ok(Message::ok(format!("Snapshot {} restored", snap.name)))
+    Ok(format!("Snapshot {} restored", snap.name))
 }
 
-/// Delete a snapshot (its data in the images is freed).
-#[utoipa::path(delete, path = "/api/vms/{vm_id}/snapshots/{snap_id}", tag = "snapshots", security(("bearer" = [])),
-    params(("vm_id" = String, Path), ("snap_id" = String, Path)),
-    responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
-async fn delete_snapshot(
-    State(state): State<AppState>,
-    audit: Audit,
-    AuthUser(user): AuthUser,
-    Path((vm_id, snap_id)): Path<(String, String)>,
-) -> ApiResult<Json<Message>> {
-    audit.action("snapshot.delete").target(&vm_id).details(&snap_id);
-    crate::vms::owned(&state, &user, &vm_id).await?;
-    let _guard = state.vms.lock(&vm_id).await;
-    let vm = state.vms.get(&vm_id).await?;
-    let snap = load(&state, &vm_id, &snap_id).await?;
+/// Deletes a snapshot (its data in the images is freed).
+pub async fn delete(vms: &VmManager, vm_id: &str, snap_id: &str) -> ApiResult<Snapshot> {
+    let held = vms.enter(vm_id, Op::DeleteSnapshot).await?;
+    let snap = load(vms, vm_id, snap_id).await?;
     // Only where it is: a disk attached or replaced since never had it.
-    let (disks, _) = holding(&state, &vm, &snap.tag).await?;
+    let (disks, _) = holding(vms, &held.vm, &snap.tag).await?;
     if disks.is_empty() {
         // Nothing holds it any more: only the record is left to remove.
-    } else if state.vms.is_running(&vm).await? {
+    } else if held.live() {
         let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
-        job(&state, &vm_id, |job| qmp::Command::snapshot_delete(job, &snap.tag, &devices)).await?;
+        job(&held, |job| Qmp::snapshot_delete(job, &snap.tag, &devices)).await?;
     } else {
-        offline(&state, &disks, "-d", &snap.tag, None).await?;
+        offline(vms, &disks, "-d", &snap.tag, None).await?;
     }
-    let s = snap_id.clone();
-    state.store.call(move |c| Ok(c.execute("DELETE FROM snapshots WHERE id = ?1", [s])?)).await?;
-    Ok(Message::ok(format!("Snapshot {} deleted", snap.name)))
+    let s = snap_id.to_string();
+    vms.store.call(move |c| Ok(c.execute("DELETE FROM snapshots WHERE id = ?1", [s])?)).await?;
+    Ok(snap)
 }

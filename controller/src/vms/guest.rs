@@ -1,27 +1,15 @@
-//! What the guest says about itself, through the QEMU guest agent: `GET /api/vms/{vm_id}/guest-info`,
-//! and `POST /api/vms/{vm_id}/display/resize`.
+//! What the guest says about itself and what it is asked to do, through the QEMU guest agent.
 
-use axum::Json;
-use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
-use crate::audit::Audit;
-use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::guest_agent::{self, GuestCommand, GuestInterface};
-use crate::http::Message;
-use crate::state::AppState;
+use super::lifecycle::Op;
+use super::manager::VmManager;
+use super::model::{VmRecord, VmStatus};
+use crate::error::{ApiError, ApiResult};
+use crate::guest_agent::{self, AgentLocks, GuestCommand, GuestInterface};
 use crate::store::now_unix;
-use crate::vms::lifecycle::{self, Op, VmState};
-use crate::vms::model::VmStatus;
-
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(guest_info)).routes(routes!(resize_display))
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GuestFilesystem {
@@ -68,19 +56,12 @@ fn filesystems(reply: &Value) -> Vec<GuestFilesystem> {
 
 /// The guest's hostname, OS, addresses and filesystems, from its agent; `available: false` with the
 /// reason when no agent answers within 2 s.
-#[utoipa::path(get, path = "/api/vms/{vm_id}/guest-info", tag = "vms", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), responses((status = 200, body = GuestInfo), (status = 404, body = ErrorBody)))]
-async fn guest_info(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-) -> ApiResult<Json<GuestInfo>> {
-    let vm = super::owned(&state, &user, &vm_id).await?;
+pub async fn info(vms: &VmManager, agents: &AgentLocks, vm: &VmRecord) -> GuestInfo {
     if vm.status != VmStatus::Running {
-        return Ok(Json(GuestInfo { reason: Some("The VM is not running".into()), ..GuestInfo::default() }));
+        return GuestInfo { reason: Some("The VM is not running".into()), ..GuestInfo::default() };
     }
-    let socket = state.vms.run_dirs.run(&vm.id).qga();
-    let answer = guest_agent::with_agent(&state.metrics.agents, &vm.id, &socket, async |agent| {
+    let socket = vms.run_dirs.run(&vm.id).qga();
+    let answer = guest_agent::with_agent(agents, &vm.id, &socket, async |agent| {
         let hostname = agent.execute(&GuestCommand::host_name()).await?;
         // The rest is optional: older or restricted agents lack some commands.
         let os = agent.execute(&GuestCommand::os_info()).await.unwrap_or(Value::Null);
@@ -89,10 +70,9 @@ async fn guest_info(
         Ok((hostname, os, interfaces, fs))
     })
     .await;
-    let info = match answer {
+    match answer {
         Ok((hostname, os, interfaces, fs)) => {
             let interfaces = guest_agent::interfaces(&interfaces);
-            state.metrics.agent_answered(&vm.id, &interfaces);
             GuestInfo {
                 available: true,
                 reason: None,
@@ -106,8 +86,7 @@ async fn guest_info(
             }
         }
         Err(e) => GuestInfo { reason: Some(format!("{e:#}")), ..GuestInfo::default() },
-    };
-    Ok(Json(info))
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -119,37 +98,21 @@ pub struct Resize {
     pub height: u32,
 }
 
-/// Ask the guest to change its display resolution (through the guest agent running `xrandr` in the
-/// guest's X session). 503 with the reason when no agent answers.
-#[utoipa::path(post, path = "/api/vms/{vm_id}/display/resize", tag = "vms", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), request_body = Resize,
-    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "Not running", body = ErrorBody),
-        (status = 503, description = "No guest agent answered", body = ErrorBody)))]
-async fn resize_display(
-    State(state): State<AppState>,
-    audit: Audit,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-    ApiJson(req): ApiJson<Resize>,
-) -> ApiResult<Json<Message>> {
-    audit.action("vm.display.resize").target(&vm_id);
+/// Asks the guest to change its display resolution (the guest agent runs `xrandr` in the guest's
+/// X session); 503 with the reason when no agent answers. The answer names the mode.
+pub async fn resize(vms: &VmManager, agents: &AgentLocks, vm_id: &str, req: &Resize) -> ApiResult<String> {
     if !(640..=7680).contains(&req.width) {
         return Err(ApiError::BadRequest("width: must be 640 to 7680".into()));
     }
     if !(480..=4320).contains(&req.height) {
         return Err(ApiError::BadRequest("height: must be 480 to 4320".into()));
     }
-    let vm = super::owned(&state, &user, &vm_id).await?;
-    let now = if vm.status == VmStatus::Running { VmState::Running } else { VmState::Stopped };
-    lifecycle::check(now, Op::Console)?;
-    let socket = state.vms.run_dirs.run(&vm.id).qga();
+    let held = vms.enter(vm_id, Op::Console).await?;
+    let socket = held.run_dir().qga();
     let mode = format!("{}x{}", req.width, req.height);
     let xrandr = GuestCommand::exec("/bin/sh", &["-c", "DISPLAY=:0 xrandr --size \"$1\"", "resize", &mode]);
-    guest_agent::with_agent(&state.metrics.agents, &vm.id, &socket, async |agent| {
-        agent.execute(&xrandr).await
-    })
-    .await
-    .map_err(|e| ApiError::Unavailable(format!("{e:#}")))?;
-    Ok(Message::ok(format!("Asked {} to switch to {mode}", vm.spec.name)))
+    guest_agent::with_agent(agents, vm_id, &socket, async |agent| agent.execute(&xrandr).await)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{e:#}")))?;
+    Ok(mode)
 }

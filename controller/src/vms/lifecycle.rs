@@ -1,13 +1,17 @@
 //! What may be done to a VM in each of its states: one table, and one error for everything it
 //! refuses (409, naming why). Every operation on a VM checks it under the VM's lock.
 //!
-//! The states are those QEMU and the runtimes can tell apart. Today the manager tells `stopped`,
-//! `running` and `crashed` (stopped with the reason its last run ended badly) apart; `starting`,
-//! `stopping` and `paused` are in the table already, for the lifecycle to report them.
+//! The states are those QEMU and the runtimes can tell apart: `running` and `stopped` as the
+//! runtime reports them, `crashed` (stopped, its last run having ended badly), `starting` and
+//! `stopping` while the manager does that, `paused` as QEMU's monitor reports it.
+
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum VmState {
     Stopped,
     Starting,
@@ -62,10 +66,12 @@ pub enum Op {
     Backup,
     AttachVolume,
     DetachVolume,
+    Pause,
+    Resume,
 }
 
 impl Op {
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 16] = [
         Op::Start,
         Op::Stop,
         Op::Restart,
@@ -80,7 +86,15 @@ impl Op {
         Op::Backup,
         Op::AttachVolume,
         Op::DetachVolume,
+        Op::Pause,
+        Op::Resume,
     ];
+
+    /// Whether the operation holds the VM to itself. Consoles and agent calls do not: a long backup
+    /// must not keep the operator out of the console, and they change nothing that others rely on.
+    pub fn exclusive(self) -> bool {
+        self != Op::Console
+    }
 
     /// The table: the states each operation may start from.
     fn allowed_in(self) -> &'static [VmState] {
@@ -88,6 +102,8 @@ impl Op {
         match self {
             Op::Start => &[Stopped, Crashed],
             Op::Stop | Op::Restart | Op::Console => &[Running, Paused],
+            Op::Pause => &[Running],
+            Op::Resume => &[Paused],
             Op::Edit | Op::Clone | Op::Delete | Op::RestoreSnapshot | Op::RestoreBackup => {
                 &[Stopped, Crashed]
             }
@@ -107,6 +123,9 @@ impl Op {
             Op::Start => "VM is already running".into(),
             Op::Stop | Op::Restart => "VM is not running".into(),
             Op::Console => "The VM is not running".into(),
+            Op::Pause if state == VmState::Paused => "VM is already paused".into(),
+            Op::Pause => "VM is not running".into(),
+            Op::Resume => format!("VM is {}, not paused", state.as_str()),
             Op::Edit => "Stop the VM before changing its configuration".into(),
             Op::Clone => "Stop the VM before cloning it".into(),
             Op::Delete => "VM is running: stop it first or use ?force=true".into(),
@@ -157,6 +176,8 @@ mod tests {
         assert!(!Op::Start.allowed(Running) && !Op::Start.allowed(Starting));
         assert!(Op::Stop.allowed(Paused), "a paused guest can be stopped");
         assert!(!Op::Edit.allowed(Running));
+        assert!(Op::Pause.allowed(Running) && !Op::Pause.allowed(Paused) && Op::Resume.allowed(Paused));
+        assert!(Op::Console.allowed(Paused) && !Op::Console.exclusive() && Op::Backup.exclusive());
         assert!(Op::TakeSnapshot.allowed(Running) && Op::TakeSnapshot.allowed(Stopped));
         for op in Op::ALL {
             assert!(

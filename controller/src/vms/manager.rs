@@ -17,7 +17,9 @@ use vmrunner::validate::{Limits, resolve_iso, validate};
 
 use super::lifecycle::{self, Op, VmState};
 use super::model::{VmRecord, VmStatus};
+use super::phases::Phases;
 use super::store;
+use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult};
 use crate::quotas::store as quotas;
 use crate::runtime::{RunDirs, Runtime, StopMode, tail};
@@ -48,6 +50,7 @@ pub struct VmManager {
     pub wake: Arc<tokio::sync::Notify>,
     /// Every change of a VM's state, as it happens (pushed to browsers over /ws/metrics).
     pub events: tokio::sync::broadcast::Sender<VmStateEvent>,
+    phases: Arc<Phases>,
 }
 
 /// A VM started, stopped, crashed, was adopted or deleted.
@@ -55,9 +58,11 @@ pub struct VmManager {
 pub struct VmStateEvent {
     pub vm_id: String,
     pub name: String,
-    /// `running` or `stopped` (deleted VMs: `stopped`).
+    /// `running` or `stopped` (deleted VMs: `stopped`); a paused guest is `running`.
     pub status: VmStatus,
-    /// `started`, `stopped`, `crashed`, `start_failed`, `adopted` or `deleted`.
+    /// The lifecycle state it is in now (`crashed`, `paused`… as `state` of a VM).
+    pub state: VmState,
+    /// `started`, `stopped`, `crashed`, `start_failed`, `adopted`, `paused`, `resumed` or `deleted`.
     pub event: String,
     pub last_error: Option<String>,
     /// Unix seconds.
@@ -119,23 +124,26 @@ impl VmManager {
             bases: tokio::sync::Mutex::new(()),
             wake: Arc::new(tokio::sync::Notify::new()),
             events: tokio::sync::broadcast::channel(256).0,
+            phases: Arc::default(),
         }
     }
 
-    fn emit(&self, vm: &VmRecord, status: VmStatus, event: &str, last_error: Option<String>) {
+    fn emit(&self, vm: &VmRecord, state: VmState, event: &str, last_error: Option<String>) {
         // Nobody listening is fine.
-        let _ = self.events.send(VmStateEvent {
-            vm_id: vm.id.clone(),
-            name: vm.spec.name.clone(),
-            status,
-            event: event.into(),
-            last_error,
-            ts: now_unix(),
-            owner: vm.owner.clone(),
-        });
+        let _ = self.events.send(state_event(vm, state, event, last_error));
     }
 
-    pub async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+    /// Follows the running VM's monitor for pauses and resumes (once per VM; again if it ended).
+    fn watch(&self, vm: &VmRecord) {
+        let (events, record) = (self.events.clone(), vm.clone());
+        let on_change = Box::new(move |state: VmState| {
+            let event = if state == VmState::Paused { "paused" } else { "resumed" };
+            let _ = events.send(state_event(&record, state, event, None));
+        });
+        self.phases.watch(&vm.id, self.run_dirs.qmp(&vm.id), on_change);
+    }
+
+    pub(super) async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
         let lock = {
             let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(id.to_string()).or_default().clone()
@@ -143,7 +151,7 @@ impl VmManager {
         lock.lock_owned().await
     }
 
-    pub fn try_lock(&self, id: &str) -> Option<OwnedMutexGuard<()>> {
+    fn try_lock(&self, id: &str) -> Option<OwnedMutexGuard<()>> {
         let lock = {
             let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(id.to_string()).or_default().clone()
@@ -159,8 +167,12 @@ impl VmManager {
         Ok(self.rt(vm)?.inspect(&vm.id).await?.running)
     }
 
-    /// The VM's state as its runtime reports it (a stopped VM whose last run failed: crashed).
+    /// The VM's state as its runtime reports it (a stopped VM whose last run failed: crashed), or
+    /// as the manager and the monitor know it (starting, stopping, paused).
     pub async fn state_of(&self, vm: &VmRecord) -> ApiResult<VmState> {
+        if let Some(phase) = self.phases.get(&vm.id) {
+            return Ok(phase);
+        }
         Ok(if self.is_running(vm).await? {
             VmState::Running
         } else if vm.last_error.is_some() {
@@ -170,8 +182,19 @@ impl VmManager {
         })
     }
 
+    /// The state to show for `vm` without asking its runtime: its record as last reconciled (at
+    /// most 2 s old), or what the manager and the monitor know.
+    pub fn shown(&self, vm: &VmRecord) -> VmState {
+        match self.phases.get(&vm.id) {
+            Some(phase) => phase,
+            None if vm.status == VmStatus::Running => VmState::Running,
+            None if vm.last_error.is_some() => VmState::Crashed,
+            None => VmState::Stopped,
+        }
+    }
+
     /// Checks that `op` may be done to `vm` now (call it under the VM's lock); its state if so.
-    pub async fn require(&self, vm: &VmRecord, op: Op) -> ApiResult<VmState> {
+    pub(super) async fn require(&self, vm: &VmRecord, op: Op) -> ApiResult<VmState> {
         let state = self.state_of(vm).await?;
         lifecycle::check(state, op)?;
         Ok(state)
@@ -226,6 +249,13 @@ impl VmManager {
             }
         }
         validate(spec, &self.limits()).map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    /// The VM if `user` may see it; 404 otherwise, so other users' VMs are indistinguishable from
+    /// absent ones.
+    pub async fn owned(&self, user: &SessionUser, id: &str) -> ApiResult<VmRecord> {
+        let vm = self.get(id).await?;
+        if vm.visible_to(user) { Ok(vm) } else { Err(ApiError::NotFound("VM not found".into())) }
     }
 
     pub async fn get(&self, id: &str) -> ApiResult<VmRecord> {
@@ -437,23 +467,25 @@ impl VmManager {
         })
     }
 
-    async fn start_locked(&self, vm: &VmRecord, loadvm: Option<String>) -> ApiResult<()> {
+    pub(super) async fn start_locked(&self, vm: &VmRecord, loadvm: Option<String>) -> ApiResult<()> {
         let rt = self.rt(vm)?;
         self.require(vm, Op::Start).await?;
+        let _starting = self.phases.during(&vm.id, VmState::Starting);
         let mut config = self.run_config(vm).await?;
         config.launch.loadvm = loadvm;
         match rt.start(&config).await {
             Ok(_) => {
                 let (id, accel) = (vm.id.clone(), accel_name(self.accel));
                 self.store.call(move |c| Ok(store::set_running(c, &id, accel, now_unix())?)).await?;
-                self.emit(vm, VmStatus::Running, "started", None);
+                self.emit(vm, VmState::Running, "started", None);
+                self.watch(vm);
                 Ok(())
             }
             Err(e) => {
                 let msg = format!("{e:#}");
                 let (id, m) = (vm.id.clone(), msg.clone());
                 self.store.call(move |c| Ok(store::set_stopped(c, &id, Some(&m), now_unix())?)).await?;
-                self.emit(vm, VmStatus::Stopped, "start_failed", Some(msg.clone()));
+                self.emit(vm, VmState::Crashed, "start_failed", Some(msg.clone()));
                 Err(ApiError::Operation(msg))
             }
         }
@@ -466,17 +498,36 @@ impl VmManager {
         self.get(id).await
     }
 
-    /// Starts a stopped VM from a live snapshot's saved state (the caller holds the VM's lock).
-    pub async fn start_from_snapshot(&self, vm: &VmRecord, tag: &str) -> ApiResult<()> {
-        self.start_locked(vm, Some(tag.to_string())).await
-    }
-
     async fn stop_locked(&self, vm: &VmRecord, mode: StopMode) -> ApiResult<()> {
+        let stopping = self.phases.during(&vm.id, VmState::Stopping);
         self.rt(vm)?.stop(&vm.id, mode).await.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
         let i = vm.id.clone();
         self.store.call(move |c| Ok(store::set_stopped(c, &i, None, now_unix())?)).await?;
-        self.emit(vm, VmStatus::Stopped, "stopped", None);
+        self.phases.ended(&vm.id);
+        drop(stopping);
+        self.emit(vm, VmState::Stopped, "stopped", None);
         Ok(())
+    }
+
+    /// Pauses the guest (its QEMU stays, holding its RAM) or lets a paused one go on.
+    pub async fn pause(&self, id: &str, pause: bool) -> ApiResult<VmRecord> {
+        let held = self.enter(id, if pause { Op::Pause } else { Op::Resume }).await?;
+        let command = if pause { crate::qmp::Command::stop() } else { crate::qmp::Command::cont() };
+        held.qmp(&command).await.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
+        // The monitor's event says so too, a moment later; the answer must already.
+        if pause {
+            self.phases.set(id, VmState::Paused);
+        } else {
+            self.phases.ended(id);
+            self.watch(&held.vm);
+        }
+        self.emit(
+            &held.vm,
+            if pause { VmState::Paused } else { VmState::Running },
+            if pause { "paused" } else { "resumed" },
+            None,
+        );
+        Ok(held.vm.clone())
     }
 
     pub async fn stop(&self, id: &str, mode: StopMode) -> ApiResult<VmRecord> {
@@ -519,7 +570,8 @@ impl VmManager {
             .map_err(|e| ApiError::Operation(format!("removing the VM's container: {e:#}")))?;
         let i = id.to_string();
         self.store.call(move |c| Ok(store::delete(c, &i)?)).await?;
-        self.emit(&vm, VmStatus::Stopped, "deleted", None);
+        self.phases.ended(id);
+        self.emit(&vm, VmState::Stopped, "deleted", None);
         let run = self.run_dirs.run(id);
         for socket in [run.monitor(), run.qmp()] {
             crate::qmp::monitors().forget(&socket);
@@ -612,15 +664,22 @@ impl VmManager {
                 }
                 let (i, e) = (id.to_string(), error.clone());
                 self.store.call(move |c| Ok(store::set_stopped(c, &i, e.as_deref(), now)?)).await?;
-                let event = if error.is_some() { "crashed" } else { "stopped" };
-                self.emit(&vm, VmStatus::Stopped, event, error);
+                self.phases.ended(id);
+                let (event, state) = if error.is_some() {
+                    ("crashed", VmState::Crashed)
+                } else {
+                    ("stopped", VmState::Stopped)
+                };
+                self.emit(&vm, state, event, error);
             }
             (VmStatus::Stopped, true) => {
                 tracing::info!(vm_id = id, "adopting running VM");
                 let i = id.to_string();
                 self.store.call(move |c| Ok(store::adopt_running(c, &i, now)?)).await?;
-                self.emit(&vm, VmStatus::Running, "adopted", None);
+                self.emit(&vm, VmState::Running, "adopted", None);
+                self.watch(&vm);
             }
+            (VmStatus::Running, true) => self.watch(&vm),
             _ => {}
         }
         Ok(())
@@ -644,6 +703,19 @@ impl VmManager {
                 }))
             }
         }
+    }
+}
+
+fn state_event(vm: &VmRecord, state: VmState, event: &str, last_error: Option<String>) -> VmStateEvent {
+    VmStateEvent {
+        vm_id: vm.id.clone(),
+        name: vm.spec.name.clone(),
+        status: if state.has_qemu() { VmStatus::Running } else { VmStatus::Stopped },
+        state,
+        event: event.into(),
+        last_error,
+        ts: now_unix(),
+        owner: vm.owner.clone(),
     }
 }
 

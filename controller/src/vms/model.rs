@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use vmrunner::VmSpec;
 
+use super::lifecycle::VmState;
+use crate::auth::users::SessionUser;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VmStatus {
@@ -40,6 +43,11 @@ pub struct VmRecord {
 }
 
 impl VmRecord {
+    /// Whether `user` may see (and act on) it.
+    pub fn visible_to(&self, user: &SessionUser) -> bool {
+        user.is_admin || self.owner == user.username
+    }
+
     /// A new, stopped VM with a fresh UUID.
     pub fn new_stopped(id: String, owner: &str, spec: VmSpec, runtime: &str) -> VmRecord {
         let now = crate::store::now_unix();
@@ -68,6 +76,9 @@ pub struct VmView {
     pub spec: VmSpec,
     /// `running` or `stopped`: what the runtime last reported (refreshed every 2 s and on runtime events).
     pub status: VmStatus,
+    /// The lifecycle state: `stopped`, `starting`, `running`, `paused`, `stopping` or `crashed`
+    /// (stopped, its last run having ended badly: `last_error` says why).
+    pub state: VmState,
     pub owner: String,
     pub uuid: String,
     /// Which runtime runs it (`process` or `docker`).
@@ -95,6 +106,11 @@ impl From<&VmRecord> for VmView {
             tpm_enabled: r.spec.tpm_enabled(),
             spec: r.spec.clone(),
             status: r.status,
+            state: match r.status {
+                VmStatus::Running => VmState::Running,
+                VmStatus::Stopped if r.last_error.is_some() => VmState::Crashed,
+                VmStatus::Stopped => VmState::Stopped,
+            },
             owner: r.owner.clone(),
             uuid: r.uuid.clone(),
             runtime: r.runtime.clone(),

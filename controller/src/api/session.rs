@@ -5,8 +5,8 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::users::{self, SessionUser};
-use crate::audit::Audit;
+use super::audit::Audit;
+use crate::auth::users::{self, SessionUser};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::now_unix;
