@@ -119,7 +119,11 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
             }
         }
     });
-    let consoles = Arc::new(Consoles::new(Duration::from_secs(settings.console_ticket_ttl)));
+    let consoles = Arc::new(Consoles::new(
+        Duration::from_secs(settings.console_ticket_ttl),
+        &settings.spice_bind,
+        settings.spice_port_base,
+    ));
     let metrics = Arc::new(Metrics::new(Duration::from_secs(settings.metrics_interval)));
     let state = AppState {
         consoles,
@@ -131,12 +135,12 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         vms,
         jobs: Arc::default(),
     };
-    metrics::start_collector(state.clone());
+    metrics::start_collector(state.metrics.clone(), state.vms.clone(), state.settings.data_dir.clone());
     let scheduler = state.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(backups::schedule::TICK).await;
-            if let Err(e) = backups::schedule::run_due(&scheduler).await {
+            if let Err(e) = backups::schedule::run_due(&scheduler.backups()).await {
                 tracing::error!(error = ?e, "backup scheduler failed");
             }
         }
@@ -217,9 +221,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(
             api.layer(from_fn_with_state(state.clone(), crate::api::audit::middleware))
-                .layer(from_fn_with_state(state.clone(), metrics::prometheus::track)),
+                .layer(from_fn_with_state(state.clone(), crate::api::prometheus::track)),
         )
-        .route("/metrics", axum::routing::get(metrics::prometheus::scrape))
+        .route("/metrics", axum::routing::get(crate::api::prometheus::scrape))
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", doc))
         .fallback(web::serve)
         .layer(from_fn(http::json_errors))

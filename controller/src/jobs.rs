@@ -9,26 +9,16 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::Json;
-use axum::extract::{Path, State};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
-use crate::api::session::AuthUser;
 use crate::auth::users::SessionUser;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::state::AppState;
+use crate::error::{ApiError, ApiResult};
 use crate::store::{now_unix, rfc3339};
 
 /// Finished jobs kept for reading back.
 const KEEP_FINISHED: usize = 200;
-
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_jobs)).routes(routes!(get_job))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -260,29 +250,4 @@ impl Drop for JobHandle {
             self.fail("interrupted");
         }
     }
-}
-
-/// Jobs you may see: running ones first, then recently finished ones, newest first.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
-    responses((status = 200, body = Vec<Job>), (status = 401, body = ErrorBody)))]
-async fn list_jobs(State(state): State<AppState>, AuthUser(user): AuthUser) -> Json<Vec<Job>> {
-    Json(state.jobs.visible(&user))
-}
-
-/// One job, with its progress.
-#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs", security(("bearer" = [])),
-    params(("job_id" = String, Path)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-async fn get_job(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(job_id): Path<String>,
-) -> ApiResult<Json<Job>> {
-    state
-        .jobs
-        .visible(&user)
-        .into_iter()
-        .find(|j| j.id == job_id)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound("Job not found".into()))
 }

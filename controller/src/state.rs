@@ -22,3 +22,13 @@ pub struct AppState {
     pub consoles: Arc<Consoles>,
     pub metrics: Arc<Metrics>,
 }
+
+impl AppState {
+    pub fn backups(&self) -> crate::backups::Ctx {
+        crate::backups::Ctx {
+            vms: self.vms.clone(),
+            jobs: self.jobs.clone(),
+            dir: self.settings.data_dir.join("backups"),
+        }
+    }
+}

@@ -4,17 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-use crate::api::session::AuthUser;
-use crate::error::ErrorBody;
-use crate::host::{self, NetInterface};
-use crate::state::AppState;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 const KVM_DEVICE: &str = "/dev/kvm";
@@ -28,10 +19,10 @@ pub struct Check {
 }
 
 impl Check {
-    fn ok(detail: impl Into<String>) -> Check {
+    pub fn ok(detail: impl Into<String>) -> Check {
         Check { ok: true, detail: detail.into() }
     }
-    fn fail(detail: impl Into<String>) -> Check {
+    pub fn fail(detail: impl Into<String>) -> Check {
         Check { ok: false, detail: detail.into() }
     }
 }
@@ -61,28 +52,6 @@ pub struct Health {
     pub checks: HealthChecks,
 }
 
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(health))
-        .routes(routes!(list_bridges))
-        .routes(routes!(list_interfaces))
-        .routes(routes!(system_user))
-}
-
-/// Linux bridges on this host (for `bridge` networks).
-#[utoipa::path(get, path = "/api/bridges", tag = "system", security(("bearer" = [])),
-    responses((status = 200, body = Vec<NetInterface>), (status = 401, body = ErrorBody)))]
-async fn list_bridges(_user: AuthUser) -> Json<Vec<NetInterface>> {
-    Json(host::interfaces().into_iter().filter(|i| i.kind == "bridge").collect())
-}
-
-/// Network interfaces on this host (parents for `macvtap` networks).
-#[utoipa::path(get, path = "/api/interfaces", tag = "system", security(("bearer" = [])),
-    responses((status = 200, body = Vec<NetInterface>), (status = 401, body = ErrorBody)))]
-async fn list_interfaces(_user: AuthUser) -> Json<Vec<NetInterface>> {
-    Json(host::interfaces())
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SystemUser {
     /// The account the controller runs as.
@@ -93,56 +62,6 @@ pub struct SystemUser {
     pub kvm_access: bool,
 }
 
-/// The operating-system account Fast VM runs as, and what it may do.
-#[utoipa::path(get, path = "/api/system/user", tag = "system", security(("bearer" = [])),
-    responses((status = 200, body = SystemUser), (status = 401, body = ErrorBody)))]
-async fn system_user(_user: AuthUser) -> Json<SystemUser> {
-    let uid = nix::unistd::Uid::current();
-    let username =
-        nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
-    Json(SystemUser { username, uid: uid.as_raw(), is_root: uid.is_root(), kvm_access: host::kvm_usable() })
-}
-
-/// What a NAT guest can reach on this host: with the process runtime, QEMU's user network maps
-/// 10.0.2.2 to the host's loopback (QEMU 7.2 has no option against it); in a container it is the
-/// container's own loopback.
-fn nat_isolation(state: &AppState) -> Check {
-    if state.vms.runtime.name() == "docker" {
-        Check::ok(
-            "NAT guests run in their own containers: 10.0.2.2 is the container's loopback, not the host's \
-             (except in VMs that also have a bridge or macvtap NIC, whose containers use the host's network)",
-        )
-    } else {
-        Check::fail(
-            "NAT guests of the process runtime reach this host's loopback services as 10.0.2.2 (QEMU 7.2's \
-             user network cannot prevent it): keep every loopback service authenticated, or use the docker runtime",
-        )
-    }
-}
-
-/// Service health. No authentication, so load balancers and monitors can use it.
-#[utoipa::path(get, path = "/api/health", tag = "system", responses((status = 200, body = Health)))]
-async fn health(State(state): State<AppState>) -> Json<Health> {
-    let database = async {
-        match state.store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await {
-            Ok(1) => Check::ok("SQLite answers"),
-            Ok(_) => Check::fail("unexpected answer"),
-            Err(e) => Check::fail(format!("{e:#}")),
-        }
-    };
-    let (database, docker) = tokio::join!(database, check_docker());
-    let qemu = check_qemu();
-    let kvm = check_kvm();
-    let healthy = database.ok && qemu.ok && kvm.ok;
-    Json(Health {
-        status: if healthy { "healthy" } else { "degraded" }.into(),
-        service: "Fast VM".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        runtime: state.vms.runtime.name().into(),
-        checks: HealthChecks { database, qemu, kvm, docker, nat_guest_isolation: nat_isolation(&state) },
-    })
-}
-
 /// First executable called `name` on the PATH.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -151,21 +70,21 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-fn check_qemu() -> Check {
+pub fn check_qemu() -> Check {
     match find_in_path(QEMU_BINARY) {
         Some(p) => Check::ok(p.display().to_string()),
         None => Check::fail(format!("{QEMU_BINARY} not found on PATH")),
     }
 }
 
-fn check_kvm() -> Check {
+pub fn check_kvm() -> Check {
     match std::fs::OpenOptions::new().read(true).write(true).open(KVM_DEVICE) {
         Ok(_) => Check::ok(format!("{KVM_DEVICE} is usable")),
         Err(e) => Check::fail(format!("{KVM_DEVICE}: {e}")),
     }
 }
 
-async fn check_docker() -> Check {
+pub async fn check_docker() -> Check {
     let docker = match bollard::Docker::connect_with_defaults() {
         Ok(d) => d,
         Err(e) => return Check::fail(format!("no Docker engine: {e}")),

@@ -69,7 +69,16 @@ fn graph() -> BTreeMap<String, (BTreeSet<String>, Vec<String>)> {
         let text = code(&std::fs::read_to_string(&file).expect("readable"));
         let entry = modules.entry(top.clone()).or_default();
         entry.0.extend(crate_refs(&text).into_iter().filter(|m| *m != top));
-        for needle in ["axum", "AppState", "crate::state", "crate::api"] {
+        for needle in [
+            "axum",
+            "AppState",
+            "crate::state",
+            "crate::api",
+            "crate::http",
+            "crate::server",
+            "crate::web",
+            "crate::app",
+        ] {
             if text.contains(needle) {
                 entry.1.push(format!("{} uses {needle}", rel.display()));
             }

@@ -317,13 +317,13 @@ pub async fn delete_all(state: &AppState, user: &str) -> ApiResult<()> {
     let volumes = state
         .store
         .call(move |c| {
-            let all = crate::volumes::store::list(c)?;
+            let all = crate::store::volumes::list(c)?;
             Ok(all.into_iter().filter(|v| v.owner == u).collect::<Vec<_>>())
         })
         .await?;
     for v in volumes {
         let id = v.id.clone();
-        if !state.store.call(move |c| Ok(crate::volumes::store::delete_unattached(c, &id)?)).await? {
+        if !state.store.call(move |c| Ok(crate::store::volumes::delete_unattached(c, &id)?)).await? {
             return Err(ApiError::Conflict(format!(
                 "Volume {} is attached to VM {}: detach it first",
                 v.name,
@@ -332,7 +332,7 @@ pub async fn delete_all(state: &AppState, user: &str) -> ApiResult<()> {
         }
         let _ = std::fs::remove_file(&v.path);
     }
-    crate::backups::remove_all_of(state, user).await?;
+    crate::backups::remove_all_of(&state.backups(), user).await?;
     let u = user.to_string();
     let seeds = state.store.call(move |c| Ok(crate::store::seeds::owned_by(c, &u)?)).await?;
     let dir = crate::isos::seeds_dir(&state.settings);

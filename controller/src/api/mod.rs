@@ -3,9 +3,21 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup_schedules;
+pub mod backups;
+pub mod cloudinit;
+pub mod consoles;
 pub mod guest;
+pub mod isos;
+pub mod jobs;
+pub mod metrics;
+pub mod metrics_push;
+pub mod prometheus;
+pub mod quotas;
 pub mod session;
 pub mod snapshots;
+pub mod system;
+pub mod upgrade;
 pub mod vms;
 pub mod volumes;
 
@@ -16,17 +28,17 @@ use crate::state::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
-        .merge(crate::quotas::routes())
+        .merge(quotas::routes())
         .merge(audit::routes())
-        .merge(crate::system::routes())
+        .merge(system::routes())
         .merge(vms::routes())
         .merge(guest::routes())
         .merge(volumes::routes())
-        .merge(crate::cloudinit::routes())
-        .merge(crate::isos::routes())
+        .merge(cloudinit::routes())
+        .merge(isos::routes())
         .merge(snapshots::routes())
-        .merge(crate::backups::routes())
-        .merge(crate::jobs::routes())
-        .merge(crate::consoles::routes())
-        .merge(crate::metrics::routes())
+        .merge(backups::routes())
+        .merge(jobs::routes())
+        .merge(consoles::routes())
+        .merge(metrics::routes())
 }

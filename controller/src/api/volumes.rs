@@ -13,7 +13,7 @@ use crate::api::session::AuthUser;
 use crate::error::{ApiJson, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::state::AppState;
-use crate::volumes::store::Volume;
+use crate::store::volumes::Volume;
 use crate::volumes::{self, CreateVolume};
 
 pub fn routes() -> OpenApiRouter<AppState> {

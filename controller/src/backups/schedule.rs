@@ -5,30 +5,18 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, State};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
-use super::{Backup, backup_vm, remove};
-use crate::api::audit::Audit;
-use crate::api::session::AuthUser;
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::http::Message;
+use super::{Backup, Ctx, backup_vm, remove};
+use crate::error::ApiResult;
 use crate::quotas::store as quotas;
-use crate::state::AppState;
 use crate::store::{now_unix, rfc3339};
 
 /// How often due schedules are looked for.
 pub const TICK: Duration = Duration::from_secs(2);
-const MAX_KEEP: u32 = 100;
-
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_schedule, set_schedule, delete_schedule))
-}
+pub(crate) const MAX_KEEP: u32 = 100;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +48,7 @@ pub struct ScheduleResponse {
 }
 
 /// The next time after `after` (unix seconds) a schedule fires.
-fn next_run(cron: Option<&str>, interval: Option<u64>, after: i64) -> Result<i64, String> {
+pub(crate) fn next_run(cron: Option<&str>, interval: Option<u64>, after: i64) -> Result<i64, String> {
     match (cron, interval) {
         (Some(expr), None) => {
             let cron = croner::Cron::from_str(expr).map_err(|e| format!("cron: {e}"))?;
@@ -76,7 +64,12 @@ fn next_run(cron: Option<&str>, interval: Option<u64>, after: i64) -> Result<i64
 
 /// Refuses a schedule that would back the VM up more often than every `min` seconds (a cron
 /// expression is judged by its next few runs).
-fn check_spacing(cron: Option<&str>, interval: Option<u64>, min: u64, now: i64) -> Result<(), String> {
+pub(crate) fn check_spacing(
+    cron: Option<&str>,
+    interval: Option<u64>,
+    min: u64,
+    now: i64,
+) -> Result<(), String> {
     let mut runs = vec![now];
     for _ in 0..12 {
         let last = runs[runs.len() - 1];
@@ -91,7 +84,7 @@ fn check_spacing(cron: Option<&str>, interval: Option<u64>, min: u64, now: i64) 
     }
 }
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
+pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
     Ok(Schedule {
         vm_id: r.get(0)?,
         cron: r.get(1)?,
@@ -103,98 +96,26 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
     })
 }
 
-const SELECT: &str =
+pub(crate) const SELECT: &str =
     "SELECT vm_id, cron, interval_secs, keep, next_run, last_run, last_error FROM backup_schedules";
 
-async fn load(state: &AppState, vm_id: &str) -> ApiResult<Option<Schedule>> {
+pub(crate) async fn load(ctx: &Ctx, vm_id: &str) -> ApiResult<Option<Schedule>> {
     let v = vm_id.to_string();
-    Ok(state
+    Ok(ctx
+        .vms
         .store
         .call(move |c| Ok(c.query_row(&format!("{SELECT} WHERE vm_id = ?1"), [v], from_row).optional()?))
         .await?)
-}
-
-/// The VM's backup schedule.
-#[utoipa::path(get, path = "/api/vms/{vm_id}/backup-schedule", tag = "backups", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
-async fn get_schedule(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-) -> ApiResult<Json<Schedule>> {
-    state.vms.owned(&user, &vm_id).await?;
-    load(&state, &vm_id).await?.map(Json).ok_or_else(|| ApiError::NotFound("No backup schedule".into()))
-}
-
-/// Set (or replace) the VM's backup schedule.
-#[utoipa::path(post, path = "/api/vms/{vm_id}/backup-schedule", tag = "backups", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), request_body = ScheduleRequest,
-    responses((status = 200, body = ScheduleResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn set_schedule(
-    State(state): State<AppState>,
-    audit: Audit,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-    ApiJson(req): ApiJson<ScheduleRequest>,
-) -> ApiResult<Json<ScheduleResponse>> {
-    audit.action("backup.schedule").target(&vm_id);
-    state.vms.owned(&user, &vm_id).await?;
-    if !(1..=MAX_KEEP).contains(&req.keep) {
-        return Err(ApiError::BadRequest(format!("keep: must be 1 to {MAX_KEEP}")));
-    }
-    let next = next_run(req.cron.as_deref(), req.interval, now_unix()).map_err(ApiError::BadRequest)?;
-    check_spacing(req.cron.as_deref(), req.interval, state.settings.backup_min_interval, now_unix())
-        .map_err(ApiError::BadRequest)?;
-    let u = user.username.clone();
-    let limit = state.store.call(move |c| Ok(quotas::limits(c, &u)?.max_backups)).await?;
-    if let Some(max) = limit.filter(|max| !user.is_admin && i64::from(req.keep) > *max) {
-        return Err(ApiError::Forbidden(format!("keep: more than the {max} backups your quota allows")));
-    }
-    let (v, o) = (vm_id.clone(), user.username.clone());
-    state
-        .store
-        .call(move |c| {
-            c.execute(
-                "INSERT INTO backup_schedules (vm_id, owner, cron, interval_secs, keep, next_run) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(vm_id) DO UPDATE SET owner = ?2, cron = ?3, interval_secs = ?4, keep = ?5, next_run = ?6, last_error = NULL",
-                params![v, o, req.cron, req.interval.map(|i| i as i64), req.keep, next],
-            )?;
-            Ok(())
-        })
-        .await?;
-    let schedule = load(&state, &vm_id).await?.ok_or_else(|| ApiError::NotFound("VM not found".into()))?;
-    Ok(Json(ScheduleResponse { success: true, message: "Backup schedule set".into(), schedule }))
-}
-
-/// Remove the VM's backup schedule (its backups stay).
-#[utoipa::path(delete, path = "/api/vms/{vm_id}/backup-schedule", tag = "backups", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
-async fn delete_schedule(
-    State(state): State<AppState>,
-    audit: Audit,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-) -> ApiResult<Json<Message>> {
-    audit.action("backup.unschedule").target(&vm_id);
-    state.vms.owned(&user, &vm_id).await?;
-    let v = vm_id.clone();
-    let n = state
-        .store
-        .call(move |c| Ok(c.execute("DELETE FROM backup_schedules WHERE vm_id = ?1", [v])?))
-        .await?;
-    if n == 0 {
-        return Err(ApiError::NotFound("No backup schedule".into()));
-    }
-    Ok(Message::ok("Backup schedule removed"))
 }
 
 /// (vm_id, owner, cron, interval in seconds, keep) of a schedule whose time has come.
 type DueSchedule = (String, String, Option<String>, Option<i64>, u32);
 
 /// Takes every due backup and applies retention. Called by the scheduler task every `TICK`.
-pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
+pub async fn run_due(ctx: &Ctx) -> anyhow::Result<()> {
     let now = now_unix();
-    let due: Vec<DueSchedule> = state
+    let due: Vec<DueSchedule> = ctx
+        .vms
         .store
         .call(move |c| {
             // The VM's owner as it is now: a schedule's backups belong to whoever owns the VM.
@@ -208,14 +129,14 @@ pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
         })
         .await?;
     for (vm_id, owner, cron, interval, keep) in due {
-        let need = quotas::Usage::backups(room_needed(state, &vm_id, keep).await);
-        let result = match state.vms.check_quota(&owner, need).await {
-            Ok(()) => backup_vm(state, &vm_id, &owner, true).await,
+        let need = quotas::Usage::backups(room_needed(ctx, &vm_id, keep).await);
+        let result = match ctx.vms.check_quota(&owner, need).await {
+            Ok(()) => backup_vm(ctx, &vm_id, &owner, true).await,
             Err(e) => Err(e),
         };
         let error = match &result {
             Ok(_) => {
-                prune(state, &vm_id, keep).await;
+                prune(ctx, &vm_id, keep).await;
                 None
             }
             Err(e) => {
@@ -226,7 +147,7 @@ pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
         let finished = now_unix();
         let next = next_run(cron.as_deref(), interval.map(|i| i.max(1) as u64), finished)
             .unwrap_or(finished + 86_400);
-        state
+        ctx.vms
             .store
             .call(move |c| {
                 c.execute(
@@ -242,9 +163,10 @@ pub async fn run_due(state: &AppState) -> anyhow::Result<()> {
 
 /// Backups a scheduled run adds to its owner's count: none when retention will delete one as soon
 /// as it succeeds.
-async fn room_needed(state: &AppState, vm_id: &str, keep: u32) -> i64 {
+async fn room_needed(ctx: &Ctx, vm_id: &str, keep: u32) -> i64 {
     let v = vm_id.to_string();
-    let kept: i64 = state
+    let kept: i64 = ctx
+        .vms
         .store
         .call(move |c| {
             Ok(c.query_row("SELECT COUNT(*) FROM backups WHERE vm_id = ?1 AND scheduled = 1", [v], |r| {
@@ -257,9 +179,9 @@ async fn room_needed(state: &AppState, vm_id: &str, keep: u32) -> i64 {
 }
 
 /// Deletes the VM's oldest scheduled backups beyond `keep`.
-async fn prune(state: &AppState, vm_id: &str, keep: u32) {
+async fn prune(ctx: &Ctx, vm_id: &str, keep: u32) {
     let v = vm_id.to_string();
-    let old: Vec<String> = state
+    let old: Vec<String> = ctx.vms
         .store
         .call(move |c| {
             let mut stmt = c.prepare(
@@ -271,9 +193,9 @@ async fn prune(state: &AppState, vm_id: &str, keep: u32) {
         .await
         .unwrap_or_default();
     for id in old {
-        if let Ok(Some(backup)) = super::get(state, &id).await {
+        if let Ok(Some(backup)) = super::get(ctx, &id).await {
             let backup: Backup = backup;
-            if let Err(e) = remove(state, &backup).await {
+            if let Err(e) = remove(ctx, &backup).await {
                 tracing::warn!(backup = id, error = %e, "pruning a backup failed");
             }
         }

@@ -1,5 +1,5 @@
-//! The server side of RFC 6455, cut to what a console relay needs: the upgrade, binary frames out,
-//! frames in streamed through as they arrive, ping, close.
+//! The server side of RFC 6455, cut to what a console relay needs: binary frames out, frames in
+//! streamed through as they arrive, ping, close (the upgrade is `api::upgrade`).
 //!
 //! Why not axum's WebSocket here: it copies every outgoing payload into tungstenite's write buffer
 //! and holds whole incoming messages in memory. A console moves bulk display data, so here a
@@ -7,115 +7,21 @@
 //! leave in one write, and a client's payload is unmasked in place and forwarded piece by piece,
 //! whatever the size of its message. Header parsing and the accept key come from tungstenite.
 
-use std::future::Future;
 use std::io::Cursor;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BytesMut};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use crate::error::ApiError;
-
 /// Bytes in front of a read buffer, enough for the longest server frame header (no mask).
 pub const HEADROOM: usize = 10;
-
-/// A request to open a WebSocket, checked; answering it with [`Upgrade::on_upgrade`] switches
-/// protocols.
-pub struct Upgrade {
-    accept: String,
-    binary: bool,
-    on_upgrade: OnUpgrade,
-}
-
-fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
-        let bad = |message: &str| ApiError::BadRequest(message.into()).into_response();
-        if parts.method != Method::GET
-            || !header_has(&parts.headers, header::CONNECTION, "upgrade")
-            || !header_has(&parts.headers, header::UPGRADE, "websocket")
-        {
-            return Err(bad("this is a WebSocket endpoint: send a WebSocket upgrade request"));
-        }
-        if parts.headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-            let mut response = bad("only WebSocket version 13 is spoken here");
-            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return Err(response);
-        }
-        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
-            return Err(bad("Sec-WebSocket-Key is missing"));
-        };
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let binary = header_has(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL, "binary");
-        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            return Err(bad("this connection cannot be upgraded"));
-        };
-        Ok(Upgrade { accept, binary, on_upgrade })
-    }
-}
 
 /// An open WebSocket: the client's TCP connection, and anything it sent that hyper had already read.
 pub struct Socket {
     pub stream: TcpStream,
     pub early: BytesMut,
-}
-
-impl Upgrade {
-    /// Answers `101 Switching Protocols` (echoing the `binary` subprotocol, which spice-html5 and
-    /// noVNC ask for and without which a browser drops the socket) and runs `serve` on the socket.
-    pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
-    where
-        F: FnOnce(Socket) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let Upgrade { accept, binary, on_upgrade } = self;
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(e) => return tracing::debug!(error = %e, "WebSocket upgrade failed"),
-            };
-            // The controller's own server (crate::server) serves plain TCP connections.
-            match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    serve(Socket {
-                        stream: parts.io.into_inner(),
-                        early: BytesMut::from(&parts.read_buf[..]),
-                    })
-                    .await
-                }
-                Err(_) => tracing::error!("a WebSocket upgrade on a connection that is not plain TCP"),
-            }
-        });
-        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Ok(accept) = HeaderValue::from_str(&accept) {
-            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-        }
-        if binary {
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("binary"));
-        }
-        response
-    }
 }
 
 /// Writes a final, unmasked frame header into the end of `headroom` for a payload of `len` bytes

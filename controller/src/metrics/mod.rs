@@ -5,44 +5,28 @@
 pub mod history;
 pub mod host;
 pub mod prometheus;
-pub mod push;
 pub mod vm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
-use crate::api::session::AuthUser;
 use crate::auth::users::SessionUser;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult};
 use crate::guest_agent::{self, AgentLocks, GuestInterface};
 use crate::qmp::{self, Command};
-use crate::state::AppState;
 use crate::store::now_unix;
+use crate::vms::manager::VmManager;
 use crate::vms::model::{VmRecord, VmStatus};
 use history::{HOST, Ring, vm_series};
 use host::{HostMetrics, HostSampler};
 use vm::{Reading, Readings, VmMetrics};
-
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(system_metrics))
-        .routes(routes!(vm_metrics))
-        .routes(routes!(metrics_history))
-        .routes(routes!(vm_metrics_history))
-        .routes(routes!(push::metrics_ws))
-        .routes(routes!(push::metrics_ticket))
-}
 
 /// One collection pass: the host and every running VM.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -127,13 +111,13 @@ fn agent_retry(interval: Duration) -> Duration {
 }
 
 /// Raw counters of one running VM, read concurrently with the others.
-async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
-    let usage = match state.vms.runtime_of(vm) {
+async fn read_vm(metrics: &Metrics, vms: &VmManager, vm: &VmRecord) -> Reading {
+    let usage = match vms.runtime_of(vm) {
         Some(rt) => rt.usage(&vm.id).await,
         None => None,
     };
     let at = Instant::now();
-    let qmp_sock = state.vms.run_dirs.qmp(&vm.id);
+    let qmp_sock = vms.run_dirs.qmp(&vm.id);
     let (stats, balloon) = (Command::query_blockstats(), Command::query_balloon());
     let (stats, balloon) = tokio::join!(qmp::run(&qmp_sock, &stats), qmp::run(&qmp_sock, &balloon));
     let disks = stats.ok().map(|s| vm::disk_counters(&s));
@@ -141,24 +125,24 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
     let guest_memory_bytes = balloon.ok().and_then(|b| b["actual"].as_u64());
     // Rates need the time the counters were read, before the agent (which may take seconds).
     let disks_at = Instant::now();
-    let silent = state.metrics.latest().agent_silent_until.get(&vm.id).is_some_and(|t| *t > Instant::now());
+    let silent = metrics.latest().agent_silent_until.get(&vm.id).is_some_and(|t| *t > Instant::now());
     let interfaces = if silent {
         None
     } else {
-        let qga_sock = state.vms.run_dirs.run(&vm.id).qga();
-        let reply = guest_agent::with_agent(&state.metrics.agents, &vm.id, &qga_sock, async |agent| {
+        let qga_sock = vms.run_dirs.run(&vm.id).qga();
+        let reply = guest_agent::with_agent(&metrics.agents, &vm.id, &qga_sock, async |agent| {
             agent.execute(&guest_agent::GuestCommand::network_interfaces()).await
         })
         .await
         .ok();
-        let mut latest = state.metrics.latest();
+        let mut latest = metrics.latest();
         match reply {
             Some(r) => {
                 latest.agent_silent_until.remove(&vm.id);
                 Some(guest_agent::interfaces(&r))
             }
             None => {
-                let retry = agent_retry(state.metrics.interval);
+                let retry = agent_retry(metrics.interval);
                 latest.agent_silent_until.insert(vm.id.clone(), Instant::now() + retry);
                 None
             }
@@ -169,20 +153,21 @@ async fn read_vm(state: &AppState, vm: &VmRecord) -> Reading {
 
 /// One pass: reads everything, records it, and pushes it to listeners.
 pub async fn collect(
-    state: &AppState,
+    metrics: &Metrics,
+    vm_manager: &VmManager,
     host: &mut HostSampler,
     readings: &mut Readings,
 ) -> anyhow::Result<()> {
     let ts = now_unix();
     let host_metrics = host.sample(ts);
-    let running: Vec<VmRecord> = state
+    let running: Vec<VmRecord> = vm_manager
         .store
         .call(|c| Ok(crate::vms::store::list(c)?))
         .await?
         .into_iter()
         .filter(|vm| vm.status == VmStatus::Running)
         .collect();
-    let fresh = join_all(running.iter().map(|vm| read_vm(state, vm))).await;
+    let fresh = join_all(running.iter().map(|vm| read_vm(metrics, vm_manager, vm))).await;
     let mut vms = Vec::with_capacity(running.len());
     let mut owners = HashMap::new();
     let mut guests = HashMap::new();
@@ -199,7 +184,7 @@ pub async fn collect(
     *readings = next;
     let snapshot = Arc::new(Snapshot { ts, host: host_metrics, vms, owners });
     let store_now = {
-        let mut latest = state.metrics.latest();
+        let mut latest = metrics.latest();
         latest.host_ring.push(ts, snapshot.host.clone());
         for m in &snapshot.vms {
             latest.vm_rings.entry(m.vm_id.clone()).or_default().push(ts, m.clone());
@@ -221,55 +206,26 @@ pub async fn collect(
         for m in &snapshot.vms {
             points.push((vm_series(&m.vm_id), serde_json::to_value(m)?));
         }
-        state.store.call(move |c| history::store(c, ts, &points)).await?;
+        vm_manager.store.call(move |c| history::store(c, ts, &points)).await?;
     }
-    let _ = state.metrics.passes.send(snapshot);
+    let _ = metrics.passes.send(snapshot);
     Ok(())
 }
 
 /// Starts the collector task.
-pub fn start_collector(state: AppState) {
+pub fn start_collector(metrics: Arc<Metrics>, vms: Arc<VmManager>, data_dir: std::path::PathBuf) {
     tokio::spawn(async move {
-        let mut host = HostSampler::new(state.settings.data_dir.clone());
+        let mut host = HostSampler::new(data_dir);
         let mut readings = Readings::new();
-        let mut tick = tokio::time::interval(state.metrics.interval);
+        let mut tick = tokio::time::interval(metrics.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = collect(&state, &mut host, &mut readings).await {
+            if let Err(e) = collect(&metrics, &vms, &mut host, &mut readings).await {
                 tracing::warn!(error = %format!("{e:#}"), "metrics collection failed");
             }
         }
     });
-}
-
-/// The host right now (the last collection).
-#[utoipa::path(get, path = "/api/system/metrics", tag = "metrics", security(("bearer" = [])),
-    responses((status = 200, body = HostMetrics), (status = 503, description = "No collection yet", body = ErrorBody)))]
-async fn system_metrics(State(state): State<AppState>, _user: AuthUser) -> ApiResult<Json<HostMetrics>> {
-    let snapshot = state
-        .metrics
-        .snapshot()
-        .ok_or_else(|| ApiError::Unavailable("Metrics are not collected yet; try again shortly".into()))?;
-    Ok(Json(snapshot.host.clone()))
-}
-
-/// A VM right now (the last collection); a stopped VM has all-zero readings.
-#[utoipa::path(get, path = "/api/vms/{vm_id}/metrics", tag = "metrics", security(("bearer" = [])),
-    params(("vm_id" = String, Path)), responses((status = 200, body = VmMetrics), (status = 404, body = ErrorBody)))]
-async fn vm_metrics(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-) -> ApiResult<Json<VmMetrics>> {
-    let vm = state.vms.owned(&user, &vm_id).await?;
-    let current = state.metrics.snapshot().and_then(|s| s.vms.iter().find(|m| m.vm_id == vm.id).cloned());
-    Ok(Json(current.unwrap_or_else(|| VmMetrics {
-        ts: now_unix(),
-        vm_id: vm.id.clone(),
-        name: vm.spec.name.clone(),
-        ..VmMetrics::default()
-    })))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -284,7 +240,7 @@ pub struct History {
     pub vms: HashMap<String, Vec<VmMetrics>>,
 }
 
-fn window(q: &HistoryQuery) -> ApiResult<i64> {
+pub fn window(q: &HistoryQuery) -> ApiResult<i64> {
     let minutes = q.minutes.unwrap_or(10);
     if !(1..=1440).contains(&minutes) {
         return Err(ApiError::BadRequest("minutes: must be 1 to 1440".into()));
@@ -294,10 +250,15 @@ fn window(q: &HistoryQuery) -> ApiResult<i64> {
 
 /// Host and VM series over the window: from memory for the last 10 minutes, else from the stored
 /// one-per-minute history (which survives restarts).
-async fn series(state: &AppState, minutes: i64, vm_filter: impl Fn(&str) -> bool) -> ApiResult<History> {
+pub async fn series(
+    metrics: &Metrics,
+    store: &crate::store::Store,
+    minutes: i64,
+    vm_filter: impl Fn(&str) -> bool,
+) -> ApiResult<History> {
     let since = now_unix() - minutes * 60;
     if minutes * 60 <= history::RECENT_SECONDS {
-        let latest = state.metrics.latest();
+        let latest = metrics.latest();
         if !latest.host_ring.since(since).is_empty() {
             let vms = latest
                 .vm_rings
@@ -308,8 +269,7 @@ async fn series(state: &AppState, minutes: i64, vm_filter: impl Fn(&str) -> bool
             return Ok(History { host: latest.host_ring.since(since), vms });
         }
     }
-    let (host, vms) = state
-        .store
+    let (host, vms) = store
         .call(move |c| {
             let host: HashMap<String, Vec<HostMetrics>> = history::load(c, HOST, since)?;
             let vms: HashMap<String, Vec<VmMetrics>> = history::load(c, "vm:", since)?;
@@ -322,39 +282,4 @@ async fn series(state: &AppState, minutes: i64, vm_filter: impl Fn(&str) -> bool
         .filter(|(id, _)| vm_filter(id))
         .collect();
     Ok(History { host: host.into_values().next().unwrap_or_default(), vms })
-}
-
-/// Metric history of the host and of the VMs you may see.
-#[utoipa::path(get, path = "/api/metrics/history", tag = "metrics", security(("bearer" = [])),
-    params(HistoryQuery), responses((status = 200, body = History), (status = 400, body = ErrorBody)))]
-async fn metrics_history(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Query(q): Query<HistoryQuery>,
-) -> ApiResult<Json<History>> {
-    let minutes = window(&q)?;
-    let visible: Option<Vec<String>> = if user.is_admin {
-        None
-    } else {
-        let all = state.store.call(|c| Ok(crate::vms::store::list(c)?)).await?;
-        Some(all.into_iter().filter(|vm| vm.owner == user.username).map(|vm| vm.id).collect())
-    };
-    let filter = |id: &str| visible.as_ref().is_none_or(|v| v.iter().any(|x| x == id));
-    Ok(Json(series(&state, minutes, filter).await?))
-}
-
-/// Metric history of one VM.
-#[utoipa::path(get, path = "/api/vms/{vm_id}/metrics/history", tag = "metrics", security(("bearer" = [])),
-    params(("vm_id" = String, Path), HistoryQuery),
-    responses((status = 200, body = Vec<VmMetrics>), (status = 404, body = ErrorBody)))]
-async fn vm_metrics_history(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(vm_id): Path<String>,
-    Query(q): Query<HistoryQuery>,
-) -> ApiResult<Json<Vec<VmMetrics>>> {
-    let minutes = window(&q)?;
-    let vm = state.vms.owned(&user, &vm_id).await?;
-    let mut h = series(&state, minutes, |id| id == vm.id).await?;
-    Ok(Json(h.vms.remove(&vm.id).unwrap_or_default()))
 }

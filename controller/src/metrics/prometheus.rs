@@ -5,16 +5,6 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use crate::error::{ApiError, ApiResult};
-use crate::http::ClientIp;
-use crate::state::AppState;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -39,7 +29,7 @@ pub struct HttpStats {
 }
 
 impl HttpStats {
-    fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (counts, latencies) = &mut *guard;
         *counts.entry((method.into(), route.into(), status)).or_default() += 1;
@@ -54,17 +44,6 @@ impl HttpStats {
     }
 }
 
-/// Counts every API request (a layer on the routed API, so the route template is known).
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let route = route.unwrap_or_else(|| "unmatched".into());
-    state.metrics.http.record(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
-}
-
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -74,9 +53,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The metrics page, in the Prometheus text exposition format (version 0.0.4).
-pub fn render(state: &AppState) -> String {
+pub fn render(metrics: &super::Metrics) -> String {
     let mut out = String::with_capacity(8192);
-    if let Some(s) = state.metrics.snapshot() {
+    if let Some(s) = metrics.snapshot() {
         let h = &s.host;
         let gauges: [(&str, &str, f64); 11] = [
             ("fastvm_host_cpu_percent", "Host CPU use, percent of all cores.", h.cpu_percent),
@@ -155,7 +134,7 @@ pub fn render(state: &AppState) -> String {
             }
         }
     }
-    let guard = state.metrics.http.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = metrics.http.inner.lock().unwrap_or_else(|e| e.into_inner());
     let (counts, latencies) = &*guard;
     family(&mut out, "fastvm_http_requests_total", "counter", "API requests by method, route and status.");
     let mut counts: Vec<_> = counts.iter().collect();
@@ -182,29 +161,4 @@ pub fn render(state: &AppState) -> String {
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
     }
     out
-}
-
-/// Prometheus scrape endpoint.
-pub async fn scrape(
-    State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let from_allowed = ip.is_some_and(|ip| crate::http::in_list(&state.settings.metrics_allow, ip));
-    if !from_allowed {
-        let token = crate::api::session::bearer(&headers).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "Not an allowed address (FASTVM_METRICS_ALLOW): a bearer token is required".into(),
-            )
-        })?;
-        let user = crate::api::session::session_from_token(&state, token).await?;
-        if !user.is_admin {
-            return Err(ApiError::Forbidden("Admin privileges required".into()));
-        }
-    }
-    let mut response = render(&state).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-    Ok(response)
 }

@@ -65,7 +65,7 @@ async fn all_disks(vms: &VmManager, vm: &VmRecord) -> ApiResult<Vec<(Disk, DiskF
     let disk0 = Disk { path: vms.vm_dir(&vm.id).disk(), node: "disk0".into() };
     let mut list = vec![(disk0, DiskFormat::Qcow2, "disk0".to_string())];
     let id = vm.id.clone();
-    for v in vms.store.call(move |c| Ok(crate::volumes::store::attached_to(c, &id)?)).await? {
+    for v in vms.store.call(move |c| Ok(crate::store::volumes::attached_to(c, &id)?)).await? {
         list.push((Disk { path: v.path.into(), node: volume_ids(&v.id).0 }, v.format, v.name));
     }
     Ok(list)

@@ -3,6 +3,7 @@
 
 mod migrations;
 pub mod seeds;
+pub mod volumes;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;

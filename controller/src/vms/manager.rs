@@ -433,7 +433,7 @@ impl VmManager {
 
     async fn run_config(&self, vm: &VmRecord) -> ApiResult<RunConfig> {
         let id = vm.id.clone();
-        let volumes = self.store.call(move |c| Ok(crate::volumes::store::disks_of(c, &id)?)).await?;
+        let volumes = self.store.call(move |c| Ok(crate::store::volumes::disks_of(c, &id)?)).await?;
         let iso = |field: &str, path: &Option<String>| -> ApiResult<Option<PathBuf>> {
             match path {
                 None => Ok(None),

@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(phases.get("a"), Some(VmState::Starting));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let on_change: OnChange = Box::new(move |s| log.lock().unwrap().push(s));
+        let on_change: OnChange = Box::new(move |s| log.lock().unwrap_or_else(|e| e.into_inner()).push(s));
         // QEMU starts paused and is resumed: not news while the start is under way.
         phases.mark("a", true, &on_change);
         assert_eq!(phases.get("a"), Some(VmState::Starting));
@@ -155,7 +155,11 @@ mod tests {
         phases.mark("a", true, &on_change);
         assert_eq!(phases.get("a"), Some(VmState::Paused));
         phases.mark("a", false, &on_change);
-        assert_eq!(*seen.lock().unwrap(), [VmState::Paused, VmState::Running], "each change once");
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|e| e.into_inner()),
+            [VmState::Paused, VmState::Running],
+            "each change once"
+        );
         // A held phase that was replaced is not removed by its guard.
         let stopping = phases.during("a", VmState::Stopping);
         phases.set("a", VmState::Paused);

@@ -1,8 +1,6 @@
 //! Standalone volumes, and attaching them to VMs: on a stopped VM, or hot-plugged into a running
 //! one.
 
-pub mod store;
-
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -16,11 +14,11 @@ use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult};
 use crate::qmp::{self, Command};
 use crate::store::now_unix;
+use crate::store::volumes::{self as store, Volume};
 use crate::vms::held::Held;
 use crate::vms::lifecycle::Op;
 use crate::vms::manager::VmManager;
 use crate::vms::model::VmRecord;
-use store::Volume;
 
 /// How long a guest may take to let go of a hot-unplugged disk.
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(15);

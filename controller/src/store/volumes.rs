@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use vmrunner::argv::{DiskFormat, VolumeDisk};
 
-use crate::store::rfc3339;
+use super::rfc3339;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Volume {

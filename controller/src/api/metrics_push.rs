@@ -43,6 +43,10 @@ pub struct MetricsTicket {
     pub ws_url: String,
 }
 
+fn sees_vm(state_owner: &str, user: &SessionUser) -> bool {
+    user.is_admin || state_owner == user.username
+}
+
 /// A short-lived ticket for `/ws/metrics`.
 #[utoipa::path(get, path = "/api/metrics/ticket", tag = "metrics", security(("bearer" = [])),
     responses((status = 200, body = MetricsTicket), (status = 401, body = ErrorBody)))]
@@ -82,10 +86,6 @@ pub async fn metrics_ws(
             }
         }
     })
-}
-
-fn sees_vm(state_owner: &str, user: &SessionUser) -> bool {
-    user.is_admin || state_owner == user.username
 }
 
 /// The user as they are now: a revoked token or a deleted user ends the stream, a changed role
