@@ -1,4 +1,4 @@
-//! `POST /api/cloudinit`: a NoCloud seed ISO (volume id `cidata`) built with xorriso, for use as a
+//! Cloud-init: a NoCloud seed ISO (volume id `cidata`) built with xorriso, for use as a
 //! VM's secondary ISO. user-data and network-config are written as JSON, which is valid YAML, so no
 //! value can break out of its field.
 

@@ -1,5 +1,6 @@
-//! The ISO library: `GET /api/isos` (every ISO in the allowed roots), uploads into the data dir's
-//! `images/` (streamed to disk, never held in memory) and deletions (refused while a VM uses the ISO).
+//! The ISO library: every ISO in the allowed roots, uploads into the data dir's `images/`
+//! (streamed to disk, never held in memory; `api::isos`) and deletions (refused while a VM uses
+//! the ISO).
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;

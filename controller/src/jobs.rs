@@ -1,6 +1,5 @@
 //! Long-running work (backups, restores) as jobs whose progress anyone allowed can read while they
-//! run: `GET /api/jobs`, `GET /api/jobs/{job_id}`. Every change is also broadcast, so pushing it to
-//! browsers needs no polling.
+//! run (`api::jobs`). Every change is also broadcast, so pushing it to browsers needs no polling.
 //!
 //! A job runs in its own task: a client that disconnects from the request that started it does not
 //! abort the work half-way.

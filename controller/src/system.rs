@@ -1,4 +1,5 @@
-//! Host-level endpoints: `GET /api/health`, with real checks of what running VMs depends on.
+//! The host's health: real checks of what running VMs depend on (QEMU, KVM, Docker, NAT
+//! isolation), for `GET /api/health`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

@@ -66,7 +66,7 @@ export function vmPage() {
       if (!vm) return [];
       const yes = (b) => (b ? 'on' : 'off');
       return [
-        { label: 'State', value: vm.status },
+        { label: 'State', value: vm.state || vm.status },
         { label: 'Owner', value: vm.owner },
         { label: 'vCPUs', value: String(vm.cpus) + ' (' + vm.cpu_model + ')' },
         { label: 'Memory', value: vm.memory + ' MiB' },

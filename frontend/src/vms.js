@@ -102,6 +102,7 @@ export function vms() {
           this.vms = this.vms.filter((v) => v.id !== m.vm_id);
         } else if (vm) {
           vm.status = m.status;
+          if (m.state) vm.state = m.state;
           vm.last_error = m.last_error;
         } else {
           this.refresh();
@@ -164,8 +165,28 @@ export function vms() {
       return 'Screen of ' + vm.name;
     },
 
+    // The lifecycle state (paused, starting… crashed); `status` alone from an older controller.
+    stateOf(vm) {
+      return vm.state || vm.status;
+    },
+
     statusClass(vm) {
-      return vm.status === 'running' ? 'dot dot-running' : vm.last_error ? 'dot dot-error' : 'dot dot-stopped';
+      const dot = {
+        running: 'dot dot-running',
+        paused: 'dot dot-paused',
+        starting: 'dot dot-busy',
+        stopping: 'dot dot-busy',
+        crashed: 'dot dot-error',
+      }[this.stateOf(vm)];
+      return dot || (vm.last_error ? 'dot dot-error' : 'dot dot-stopped');
+    },
+
+    isPaused(vm) {
+      return this.stateOf(vm) === 'paused';
+    },
+
+    mayPause(vm) {
+      return this.stateOf(vm) === 'running';
     },
 
     usage(vm) {
@@ -211,6 +232,14 @@ export function vms() {
 
     forceStopVm(vm) {
       return this.act(vm, 'stop', '/api/vms/' + vm.id + '/stop?force=true', vm.name + ' stopped');
+    },
+
+    pauseVm(vm) {
+      return this.act(vm, 'pause', '/api/vms/' + vm.id + '/pause', vm.name + ' paused');
+    },
+
+    resumeVm(vm) {
+      return this.act(vm, 'resume', '/api/vms/' + vm.id + '/resume', vm.name + ' resumed');
     },
 
     restartVm(vm) {

@@ -193,6 +193,14 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
 
   await card.getByRole('button', { name: 'Start' }).click();
   await card.getByTestId('status').filter({ hasText: 'running' }).waitFor({ timeout: 60000 });
+  // Paused and resumed from its card: the state shows, the buttons follow it.
+  await card.getByRole('button', { name: 'Pause' }).click();
+  await card.getByTestId('status').filter({ hasText: 'paused' }).waitFor({ timeout: 10000 });
+  assert.equal((await api('GET', `/api/vms/${vm.id}`, token)).body.state, 'paused');
+  await card.getByRole('button', { name: 'Pause' }).waitFor({ state: 'hidden' });
+  await shoot(page, 'vm-paused-card');
+  await card.getByRole('button', { name: 'Resume' }).click();
+  await card.getByTestId('status').filter({ hasText: 'running' }).waitFor({ timeout: 10000 });
   await page.getByTestId('live-mode').filter({ hasText: 'Live' }).waitFor();
   assert.equal(await page.getByTestId('count-running').textContent(), '1');
   // Its card shows its screen (a thumbnail refreshed while the dashboard shows).

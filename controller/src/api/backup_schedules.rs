@@ -1,5 +1,11 @@
 //! `/api/vms/{vm_id}/backup-schedule`: nightly (or any cron) backups of a VM.
 
+use axum::Json;
+use axum::extract::{Path, State};
+use rusqlite::params;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::api::audit::Audit;
 use crate::api::session::AuthUser;
 use crate::backups::schedule::*;
@@ -8,11 +14,6 @@ use crate::http::Message;
 use crate::quotas::store as quotas;
 use crate::state::AppState;
 use crate::store::now_unix;
-use axum::Json;
-use axum::extract::{Path, State};
-use rusqlite::params;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_schedule, set_schedule, delete_schedule))

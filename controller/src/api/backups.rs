@@ -1,14 +1,5 @@
 //! `/api/backups`, `/api/vms/{vm_id}/backup`: taking, listing, downloading, uploading and restoring backups.
 
-use crate::api::audit::Audit;
-use crate::api::session::AuthUser;
-use crate::auth::users::SessionUser;
-use crate::backups::*;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::http::Message;
-use crate::quotas::store as quotas;
-use crate::state::AppState;
-use crate::vms::model::VmActionResponse;
 use anyhow::Context;
 use axum::Json;
 use axum::body::Body;
@@ -19,6 +10,16 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::api::audit::Audit;
+use crate::api::session::AuthUser;
+use crate::auth::users::SessionUser;
+use crate::backups::*;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::Message;
+use crate::quotas::store as quotas;
+use crate::state::AppState;
+use crate::vms::model::VmActionResponse;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

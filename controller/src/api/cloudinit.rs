@@ -1,15 +1,16 @@
 //! `POST /api/cloudinit`: a cloud-init seed ISO.
 
-use crate::api::audit::Audit;
-use crate::api::session::AuthUser;
-use crate::cloudinit::*;
-use crate::error::{ApiJson, ApiResult, ErrorBody};
-use crate::state::AppState;
 use anyhow::Context;
 use axum::Json;
 use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::api::audit::Audit;
+use crate::api::session::AuthUser;
+use crate::cloudinit::*;
+use crate::error::{ApiJson, ApiResult, ErrorBody};
+use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_seed))

@@ -1,5 +1,13 @@
 //! `/api/vms/{vm_id}/spice|vnc|serial|screenshot`, `/api/spice-tools` and the console WebSockets `/ws/spice|vnc|serial/{vm_id}`.
 
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::api::audit::Audit;
 use crate::api::session::AuthUser;
 use crate::api::session::{current_user, session_from_token};
@@ -11,13 +19,6 @@ use crate::http::Message;
 use crate::state::AppState;
 use crate::vms::lifecycle::Op;
 use crate::vms::model::{VmRecord, VmStatus};
-use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 #[derive(Debug, Deserialize)]
 pub struct WsAuth {

@@ -1,11 +1,5 @@
 //! `/api/isos`: the ISO library, uploads and deletes.
 
-use crate::api::audit::Audit;
-use crate::api::session::{AdminUser, AuthUser};
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::http::Message;
-use crate::isos::*;
-use crate::state::AppState;
 use anyhow::Context;
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, State};
@@ -13,6 +7,13 @@ use axum::http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::api::audit::Audit;
+use crate::api::session::{AdminUser, AuthUser};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::Message;
+use crate::isos::*;
+use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -1,13 +1,14 @@
 //! `/api/jobs`: long operations and their progress.
 
-use crate::api::session::AuthUser;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::jobs::*;
-use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::api::session::AuthUser;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::jobs::*;
+use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_jobs)).routes(routes!(get_job))

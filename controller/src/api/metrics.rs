@@ -1,5 +1,10 @@
 //! `/api/system/metrics`, `/api/vms/{vm_id}/metrics` and their history.
 
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::api::session::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::metrics::host::HostMetrics;
@@ -7,10 +12,6 @@ use crate::metrics::vm::VmMetrics;
 use crate::metrics::*;
 use crate::state::AppState;
 use crate::store::now_unix;
-use axum::Json;
-use axum::extract::{Path, Query, State};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

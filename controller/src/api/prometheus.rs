@@ -1,14 +1,18 @@
-//! `GET /metrics` in the Prometheus text format, and the middleware that times every API request.
+//! `GET /metrics` in the Prometheus text format (readable from the addresses in
+//! `FASTVM_METRICS_ALLOW`, loopback by default, or with an admin's bearer token), and the middleware
+//! that times every API request.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ApiResult};
 use crate::http::ClientIp;
 use crate::metrics::prometheus::*;
 use crate::state::AppState;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use std::time::Instant;
 
 /// Counts every API request (a layer on the routed API, so the route template is known).
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -1,15 +1,16 @@
 //! `/api/auth/users/{username}/quota` and `/api/auth/me/quota`.
 
+use axum::Json;
+use axum::extract::{Path, State};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::api::audit::Audit;
 use crate::api::session::{AdminUser, AuthUser};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::quotas::store::Limits;
 use crate::quotas::*;
 use crate::state::AppState;
-use axum::Json;
-use axum::extract::{Path, State};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_quota, set_quota)).routes(routes!(my_quota))

@@ -1,14 +1,15 @@
 //! `/api/health`, `/api/bridges`, `/api/interfaces`, `/api/system/user`.
 
+use axum::Json;
+use axum::extract::State;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::api::session::AuthUser;
 use crate::error::ErrorBody;
 use crate::host::{self, NetInterface};
 use crate::state::AppState;
 use crate::system::*;
-use axum::Json;
-use axum::extract::State;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -1,5 +1,4 @@
-//! Backups: `POST /api/vms/{vm_id}/backup`, `GET /api/backups`, download, delete and restore.
-//! A backup is one verified archive (see `archive`) of the VM's disk, UEFI variables and TPM state,
+//! Backups: taking, removing and restoring them (the routes are `api::backups`). A backup is one verified archive (see `archive`) of the VM's disk, UEFI variables and TPM state,
 //! taken from a stopped VM or, consistently, from a running one (QMP `blockdev-backup`).
 
 pub mod archive;

@@ -1,4 +1,4 @@
-//! Backup schedules: `/api/vms/{vm_id}/backup-schedule`, a cron expression or an interval, and how
+//! Backup schedules: a cron expression or an interval, and how
 //! many scheduled backups to keep. A background task takes the due backups and prunes the oldest
 //! scheduled ones beyond `keep` once a new one has succeeded.
 

@@ -1,6 +1,7 @@
 //! Live metrics: one collector task reads the host and every running VM each
 //! `FASTVM_METRICS_INTERVAL` seconds, keeps history (see `history`), pushes each pass to
-//! `/ws/metrics` (see `push`) and serves it as JSON and in the Prometheus format (see `prometheus`).
+//! `/ws/metrics` (`api::metrics_push`) and serves it as JSON and in the Prometheus format (see
+//! `prometheus`).
 
 pub mod history;
 pub mod host;

@@ -1,6 +1,5 @@
-//! `GET /metrics` in the Prometheus text format: host and VM gauges from the last collection, and
-//! the controller's own HTTP request counters and latency histogram. Readable from the addresses in
-//! `FASTVM_METRICS_ALLOW` (loopback by default) or with an admin's bearer token.
+//! The Prometheus text format of `GET /metrics` (`api::prometheus`): host and VM gauges from the
+//! last collection, and the controller's own HTTP request counters and latency histogram.
 
 use std::collections::HashMap;
 use std::fmt::Write;

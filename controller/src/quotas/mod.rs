@@ -1,5 +1,4 @@
-//! Per-user quotas, set by admins: `GET/PUT /api/auth/users/{username}/quota` and
-//! `GET /api/auth/me/quota`. Enforced wherever a regular user's VMs, vCPUs, memory, disks and
+//! Per-user quotas, set by admins (`api::quotas`). Enforced wherever a regular user's VMs, vCPUs, memory, disks and
 //! backups grow: create, edit, clone, restore, volume create, backups (manual and scheduled).
 
 pub mod store;

@@ -17,7 +17,7 @@ use vmrunner::validate::{Limits, resolve_iso, validate};
 
 use super::lifecycle::{self, Op, VmState};
 use super::model::{VmRecord, VmStatus};
-use super::phases::Phases;
+use super::phases::{Heard, Phases};
 use super::store;
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult};
@@ -133,11 +133,16 @@ impl VmManager {
         let _ = self.events.send(state_event(vm, state, event, last_error));
     }
 
-    /// Follows the running VM's monitor for pauses and resumes (once per VM; again if it ended).
+    /// Follows the running VM's monitor (once per VM; again if it ended): pauses and resumes are
+    /// pushed as they happen, and a shutdown wakes the reconcile loop at once.
     fn watch(&self, vm: &VmRecord) {
-        let (events, record) = (self.events.clone(), vm.clone());
-        let on_change = Box::new(move |state: VmState| {
-            let event = if state == VmState::Paused { "paused" } else { "resumed" };
+        let (events, wake, record) = (self.events.clone(), self.wake.clone(), vm.clone());
+        let on_change = Box::new(move |heard: Heard| {
+            let (state, event) = match heard {
+                Heard::Paused => (VmState::Paused, "paused"),
+                Heard::Resumed => (VmState::Running, "resumed"),
+                Heard::ShutDown => return wake.notify_one(),
+            };
             let _ = events.send(state_event(&record, state, event, None));
         });
         self.phases.watch(&vm.id, self.run_dirs.qmp(&vm.id), on_change);

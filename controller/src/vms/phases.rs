@@ -34,8 +34,16 @@ impl Drop for During {
     }
 }
 
-/// A change the watcher saw: the guest was paused, or resumed.
-pub type OnChange = Box<dyn Fn(VmState) + Send + Sync>;
+/// What the watcher heard from QEMU that the manager acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    Paused,
+    Resumed,
+    /// The guest powered off or QEMU was told to quit: the VM is about to stop.
+    ShutDown,
+}
+
+pub type OnChange = Box<dyn Fn(Heard) + Send + Sync>;
 
 impl Phases {
     fn now(&self) -> MutexGuard<'_, HashMap<String, VmState>> {
@@ -98,6 +106,7 @@ impl Phases {
             match events.recv().await {
                 Ok(event) if event.name == "STOP" => self.mark(id, true, &on_change),
                 Ok(event) if event.name == "RESUME" => self.mark(id, false, &on_change),
+                Ok(event) if event.name == "SHUTDOWN" => on_change(Heard::ShutDown),
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => self.settle(id, socket, &on_change).await,
                 Err(RecvError::Closed) => return,
@@ -129,7 +138,7 @@ impl Phases {
             }
         };
         if changed {
-            on_change(if paused { VmState::Paused } else { VmState::Running });
+            on_change(if paused { Heard::Paused } else { Heard::Resumed });
         }
     }
 }
@@ -157,7 +166,7 @@ mod tests {
         phases.mark("a", false, &on_change);
         assert_eq!(
             *seen.lock().unwrap_or_else(|e| e.into_inner()),
-            [VmState::Paused, VmState::Running],
+            [Heard::Paused, Heard::Resumed],
             "each change once"
         );
         // A held phase that was replaced is not removed by its guard.
@@ -167,5 +176,55 @@ mod tests {
         assert_eq!(phases.get("a"), Some(VmState::Paused));
         phases.ended("a");
         assert_eq!(phases.get("a"), None);
+    }
+
+    #[tokio::test]
+    async fn the_watcher_hears_pauses_resumes_and_shutdowns_from_the_monitor() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("monitor.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        // A QEMU that is asked its status once, then is paused, resumed and shut down.
+        tokio::spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (r, mut w) = stream.into_split();
+            let _ = w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await;
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let id = &v["id"];
+                let status = v["execute"] == "query-status";
+                let reply = if status {
+                    serde_json::json!({"return": {"status": "running", "running": true}, "id": id})
+                } else {
+                    serde_json::json!({"return": {}, "id": id})
+                };
+                let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
+                if status {
+                    for event in ["STOP", "RESUME", "SHUTDOWN"] {
+                        let _ = w.write_all(format!("{{\"event\": \"{event}\"}}\n").as_bytes()).await;
+                    }
+                }
+            }
+        });
+        let phases = Arc::new(Phases::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        phases.watch(
+            "w",
+            socket,
+            Box::new(move |h| {
+                let _ = tx.send(h);
+            }),
+        );
+        let mut heard = Vec::new();
+        while heard.len() < 3 {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(h)) => heard.push(h),
+                other => panic!("heard only {heard:?} ({other:?})"),
+            }
+        }
+        assert_eq!(heard, [Heard::Paused, Heard::Resumed, Heard::ShutDown]);
+        assert_eq!(phases.get("w"), None, "resumed");
+        phases.ended("w");
     }
 }
