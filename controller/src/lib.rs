@@ -25,6 +25,7 @@ pub mod state;
 pub mod storage;
 pub mod store;
 pub mod system;
+pub mod user_removal;
 pub mod vms;
 pub mod volumes;
 pub mod web;

@@ -24,6 +24,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    pub fn accounts(&self) -> crate::auth::accounts::Accounts<'_> {
+        crate::auth::accounts::Accounts {
+            store: &self.store,
+            tokens: &self.tokens,
+            limiter: &self.login_limiter,
+            bcrypt_cost: self.settings.bcrypt_cost,
+            production: self.settings.production,
+        }
+    }
+
     pub fn backups(&self) -> crate::backups::Ctx {
         crate::backups::Ctx {
             vms: self.vms.clone(),

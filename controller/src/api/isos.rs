@@ -1,10 +1,8 @@
 //! `/api/isos`: the ISO library, uploads and deletes.
 
-use anyhow::Context;
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, State};
 use axum::http::StatusCode;
-use tokio::io::AsyncWriteExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -27,15 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/isos", tag = "isos", security(("bearer" = [])),
     responses((status = 200, body = Vec<IsoInfo>), (status = 401, body = ErrorBody)))]
 async fn list_isos(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<Vec<IsoInfo>>> {
-    let mut isos = library(&state.settings);
-    if !user.is_admin {
-        // Seeds hold password hashes and keys: a regular user sees only their own.
-        let name = user.username.clone();
-        let mine = state.store.call(move |c| Ok(crate::store::seeds::owned_by(c, &name)?)).await?;
-        let seeds = seeds_dir(&state.settings);
-        isos.retain(|iso| !in_dir(&iso.path, &seeds) || mine.contains(&iso.name));
-    }
-    Ok(Json(isos))
+    Ok(Json(visible_to(&state.settings, &state.store, &user).await?))
 }
 
 /// Upload an ISO into the shared library (admin only; multipart field `file`, whose file name is
@@ -65,13 +55,11 @@ async fn upload_iso(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
 
-    let images = state.settings.data_dir.join("images");
-    let room = crate::storage::room_for(&images)?;
-    let limit = room.min(state.settings.max_iso_gb.saturating_mul(1 << 30));
+    let limit = upload_limit(&state.settings)?;
     if total > limit {
         return Err(too_large(limit));
     }
-    while let Some(mut field) =
+    while let Some(field) =
         multipart.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))?
     {
         if field.name() != Some("file") {
@@ -79,66 +67,10 @@ async fn upload_iso(
         }
         let name = field.file_name().unwrap_or_default().to_string();
         audit.target(&name);
-        check_name(&name)?;
-        let target = images.join(&name);
-        if target.exists() {
-            return Err(ApiError::Conflict(format!("name: {name} already exists")));
-        }
-        let mut job = state.jobs.begin("upload", None, &user.username);
-        let progress = job.progress();
-        progress.phase(&format!("receiving {name}"));
-        let tmp = images.join(format!(".upload-{}.tmp", uuid::Uuid::new_v4().simple()));
-        let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.context("creating the upload file")?;
-            let mut size: u64 = 0;
-            while let Some(chunk) =
-                field.chunk().await.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?
-            {
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(too_large(limit));
-                }
-                file.write_all(&chunk).await.context("writing the upload")?;
-                progress.bytes(size, total.max(size), 0.0, 1.0);
-            }
-            file.sync_all().await.context("syncing the upload")?;
-            progress.bytes_now(size, size, 0.0, 1.0);
-            crate::storage::untrusted::check(
-                &state.vms.qemu_img,
-                &name,
-                &tmp,
-                vmrunner::argv::DiskFormat::Raw,
-                None,
-            )
-            .await?;
-            // A hard link never replaces an existing file, unlike rename: a racing upload of the same
-            // name loses with a 409 instead of overwriting.
-            match std::fs::hard_link(&tmp, &target) {
-                Ok(()) => Ok(size),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    Err(ApiError::Conflict(format!("name: {name} already exists")))
-                }
-                Err(e) => Err(ApiError::Internal(anyhow::Error::from(e).context("placing the upload"))),
-            }
-        }
-        .await;
-        let _ = std::fs::remove_file(&tmp);
-        let size = match result {
-            Ok(size) => size,
-            Err(e) => {
-                job.fail(&e.to_string());
-                return Err(e);
-            }
-        };
-        job.succeed(Some(name.clone()));
-        return Ok((
-            StatusCode::CREATED,
-            Json(IsoUploaded {
-                success: true,
-                message: format!("{name} uploaded"),
-                iso: IsoInfo { name, path: target.display().to_string(), size },
-            }),
-        ));
+        let upload = Upload { settings: &state.settings, qemu_img: &state.vms.qemu_img, jobs: &state.jobs };
+        let iso = upload.receive(&name, &user.username, total, limit, field).await?;
+        let message = format!("{name} uploaded");
+        return Ok((StatusCode::CREATED, Json(IsoUploaded { success: true, message, iso })));
     }
     Err(ApiError::BadRequest("file: no file in the upload (multipart field `file`)".into()))
 }
@@ -159,16 +91,6 @@ async fn delete_iso(
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<Message>> {
     audit.action("iso.delete").target(&name);
-    check_name(&name)?;
-    let path = state.settings.data_dir.join("images").join(&name);
-    let canonical = path.canonicalize().map_err(|_| ApiError::NotFound(format!("ISO {name} not found")))?;
-    let vms = state.store.call(|c| Ok(crate::vms::store::list(c)?)).await?;
-    if let Some(vm) = vms.iter().find(|vm| {
-        resolves_to(vm.spec.iso_path.as_deref(), &canonical)
-            || resolves_to(vm.spec.secondary_iso_path.as_deref(), &canonical)
-    }) {
-        return Err(ApiError::Conflict(format!("ISO {name} is used by VM {} ({})", vm.spec.name, vm.id)));
-    }
-    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    delete(&state.settings, &state.store, &name).await?;
     Ok(Message::ok(format!("ISO {name} deleted")))
 }

@@ -1,6 +1,7 @@
 //! Authentication and users: accounts and their passwords, tokens and sessions, the login rate
 //! limit, and what a user owns when they are deleted.
 
+pub mod accounts;
 pub mod owned;
 pub mod passwords;
 pub mod rate_limit;
