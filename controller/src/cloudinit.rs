@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
+use anyhow::Context;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -158,6 +159,46 @@ pub fn seed_files(req: CloudInitRequest, instance_id: &str) -> ApiResult<(String
     let network: Value = json!({"version": 2, "ethernets": {"primary": nic}});
     let network_config = serde_json::to_string_pretty(&network).map_err(anyhow::Error::from)?;
     Ok((user_data, meta_data, network_config))
+}
+
+/// Builds a seed ISO from `req` in `dir` (the data dir's `cloudinit/`), recorded as `owner`'s: other
+/// regular users neither see it nor can attach it. Its path.
+pub async fn create_seed_iso(
+    dir: &std::path::Path,
+    store: &crate::store::Store,
+    owner: &str,
+    req: CloudInitRequest,
+) -> ApiResult<std::path::PathBuf> {
+    let hostname = req.hostname.clone();
+    let instance_id = format!("fastvm-{}", crate::vms::manager::new_id());
+    let (user_data, meta_data, network_config) = seed_files(req, &instance_id)?;
+    let work = tempfile::tempdir().context("creating a work directory")?;
+    for (name, content) in
+        [("user-data", &user_data), ("meta-data", &meta_data), ("network-config", &network_config)]
+    {
+        std::fs::write(work.path().join(name), content).with_context(|| format!("writing {name}"))?;
+    }
+    let iso = dir.join(format!("{hostname}-{}.iso", &instance_id[7..]));
+    let work_dir = work.path().to_path_buf();
+    crate::storage::produce(&iso, "building the seed ISO", |tmp| {
+        let mut cmd = tokio::process::Command::new("xorriso");
+        cmd.args(["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+            .arg(tmp)
+            .args(["user-data", "meta-data", "network-config"])
+            .current_dir(&work_dir);
+        cmd
+    })
+    .await?;
+    let (name, owner) =
+        (iso.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), owner.to_string());
+    if let Err(e) = store
+        .call(move |c| Ok(crate::store::seeds::insert(c, &name, &owner, crate::store::now_unix())?))
+        .await
+    {
+        let _ = std::fs::remove_file(&iso);
+        return Err(e.into());
+    }
+    Ok(iso)
 }
 
 #[cfg(test)]

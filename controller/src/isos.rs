@@ -71,7 +71,7 @@ pub fn library(settings: &crate::config::Settings) -> Vec<IsoInfo> {
     isos
 }
 
-pub fn check_name(name: &str) -> ApiResult<()> {
+fn check_name(name: &str) -> ApiResult<()> {
     if !ISO_NAME_RE.is_match(name) || name.contains("..") {
         return Err(ApiError::BadRequest(format!(
             "name: {name:?} must be a plain file name ending in .iso (letters, digits, `. _ + -`, spaces)"
@@ -86,7 +86,7 @@ pub fn too_large(limit: u64) -> ApiError {
     ))
 }
 
-pub fn resolves_to(iso: Option<&str>, target: &Path) -> bool {
+fn resolves_to(iso: Option<&str>, target: &Path) -> bool {
     iso.and_then(|p| std::fs::canonicalize(p).ok()).is_some_and(|p: PathBuf| p == target)
 }
 

@@ -20,10 +20,10 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn ok(detail: impl Into<String>) -> Check {
+    fn ok(detail: impl Into<String>) -> Check {
         Check { ok: true, detail: detail.into() }
     }
-    pub fn fail(detail: impl Into<String>) -> Check {
+    fn fail(detail: impl Into<String>) -> Check {
         Check { ok: false, detail: detail.into() }
     }
 }
@@ -71,21 +71,21 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-pub fn check_qemu() -> Check {
+fn check_qemu() -> Check {
     match find_in_path(QEMU_BINARY) {
         Some(p) => Check::ok(p.display().to_string()),
         None => Check::fail(format!("{QEMU_BINARY} not found on PATH")),
     }
 }
 
-pub fn check_kvm() -> Check {
+fn check_kvm() -> Check {
     match std::fs::OpenOptions::new().read(true).write(true).open(KVM_DEVICE) {
         Ok(_) => Check::ok(format!("{KVM_DEVICE} is usable")),
         Err(e) => Check::fail(format!("{KVM_DEVICE}: {e}")),
     }
 }
 
-pub async fn check_docker() -> Check {
+async fn check_docker() -> Check {
     let docker = match bollard::Docker::connect_with_defaults() {
         Ok(d) => d,
         Err(e) => return Check::fail(format!("no Docker engine: {e}")),
@@ -94,5 +94,44 @@ pub async fn check_docker() -> Check {
         Ok(Ok(v)) => Check::ok(format!("Docker engine {}", v.version.unwrap_or_default())),
         Ok(Err(e)) => Check::fail(format!("Docker engine does not answer: {e}")),
         Err(_) => Check::fail("Docker engine did not answer within 2 s"),
+    }
+}
+
+/// What a NAT guest can reach on this host: with the process runtime, QEMU's user network maps
+/// 10.0.2.2 to the host's loopback (QEMU 7.2 has no option against it); in a container it is the
+/// container's own loopback.
+fn nat_isolation(runtime: &str) -> Check {
+    if runtime == "docker" {
+        Check::ok(
+            "NAT guests run in their own containers: 10.0.2.2 is the container's loopback, not the host's \
+             (except in VMs that also have a bridge or macvtap NIC, whose containers use the host's network)",
+        )
+    } else {
+        Check::fail(
+            "NAT guests of the process runtime reach this host's loopback services as 10.0.2.2 (QEMU 7.2's \
+             user network cannot prevent it): keep every loopback service authenticated, or use the docker runtime",
+        )
+    }
+}
+
+/// Every check, on the database in `store` and a controller running VMs with `runtime`.
+pub async fn check(store: &crate::store::Store, runtime: &str) -> Health {
+    let database = async {
+        match store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await {
+            Ok(1) => Check::ok("SQLite answers"),
+            Ok(_) => Check::fail("unexpected answer"),
+            Err(e) => Check::fail(format!("{e:#}")),
+        }
+    };
+    let (database, docker) = tokio::join!(database, check_docker());
+    let qemu = check_qemu();
+    let kvm = check_kvm();
+    let healthy = database.ok && qemu.ok && kvm.ok;
+    Health {
+        status: if healthy { "healthy" } else { "degraded" }.into(),
+        service: "Fast VM".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        runtime: runtime.into(),
+        checks: HealthChecks { database, qemu, kvm, docker, nat_guest_isolation: nat_isolation(runtime) },
     }
 }

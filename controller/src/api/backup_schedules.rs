@@ -8,7 +8,9 @@ use utoipa_axum::routes;
 
 use crate::api::audit::Audit;
 use crate::api::session::AuthUser;
-use crate::backups::schedule::*;
+use crate::backups::schedule::{
+    MAX_KEEP, Schedule, ScheduleRequest, ScheduleResponse, check_spacing, load, next_run,
+};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::quotas::store as quotas;

@@ -14,7 +14,10 @@ use utoipa_axum::routes;
 use crate::api::audit::Audit;
 use crate::api::session::AuthUser;
 use crate::auth::users::SessionUser;
-use crate::backups::*;
+use crate::backups::{
+    Backup, BackupResponse, DownloadQuery, DownloadTicket, RestoreRequest, backup_vm, list, owned, remove,
+    restore_job, restore_upload_job,
+};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::quotas::store as quotas;
@@ -66,16 +69,7 @@ async fn list_backups(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Json<Vec<Backup>>> {
-    let all = state
-        .store
-        .call(|c| {
-            let mut stmt =
-                c.prepare(&format!("SELECT {SELECT} FROM backups ORDER BY created_at DESC, id"))?;
-            let rows = stmt.query_map([], from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await?;
-    Ok(Json(all.into_iter().filter(|b| user.is_admin || b.owner == user.username).collect()))
+    Ok(Json(list(&state.backups(), &user).await?))
 }
 
 /// A short-lived ticket to download one backup without the bearer token (a browser link).
@@ -180,15 +174,7 @@ async fn restore_backup(
             .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?
     };
     let backup = owned(&state.backups(), &user, &backup_id).await?;
-    let (st, vm_id, owner) = (state.backups(), backup.vm_id.clone(), user.username.clone());
-    let vm = state
-        .jobs
-        .run("restore", Some(&vm_id), &owner, move |progress| async move {
-            let vm = restore(&st, &user, &backup, req.new_name, &progress).await?;
-            let id = vm.id.clone();
-            Ok((vm, Some(id)))
-        })
-        .await?;
+    let vm = restore_job(&state.backups(), user, backup, req.new_name).await?;
     audit.details(&vm.id);
     Ok(Json(VmActionResponse {
         success: true,
@@ -242,15 +228,7 @@ async fn upload_and_restore(
     if !received {
         return Err(ApiError::BadRequest("file: no archive in the upload (multipart field `file`)".into()));
     }
-    let st = state.backups();
-    let vm = state
-        .jobs
-        .run("restore", None, &user.username.clone(), move |progress| async move {
-            let vm = restore_upload(&st, &user, upload, new_name, &progress).await?;
-            let id = vm.id.clone();
-            Ok((vm, Some(id)))
-        })
-        .await?;
+    let vm = restore_upload_job(&state.backups(), user, upload, new_name).await?;
     audit.target(&vm.id);
     Ok(Json(VmActionResponse {
         success: true,

@@ -13,7 +13,9 @@ use crate::api::session::AuthUser;
 use crate::api::session::{current_user, session_from_token};
 use crate::api::upgrade::Upgrade;
 use crate::auth::users::SessionUser;
-use crate::consoles::*;
+use crate::consoles::{
+    Kind, ScreenshotQuery, SerialAccess, SpiceAccess, SpiceTools, VncAccess, relay, screenshot, serial,
+};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::state::AppState;

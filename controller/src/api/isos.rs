@@ -10,7 +10,7 @@ use crate::api::audit::Audit;
 use crate::api::session::{AdminUser, AuthUser};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
-use crate::isos::*;
+use crate::isos::{self, IsoInfo, IsoUploaded, Upload, too_large, upload_limit, visible_to};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -91,6 +91,6 @@ async fn delete_iso(
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<Message>> {
     audit.action("iso.delete").target(&name);
-    delete(&state.settings, &state.store, &name).await?;
+    isos::delete(&state.settings, &state.store, &name).await?;
     Ok(Message::ok(format!("ISO {name} deleted")))
 }

@@ -7,7 +7,7 @@ use utoipa_axum::routes;
 
 use crate::api::session::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::jobs::*;
+use crate::jobs::Job;
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

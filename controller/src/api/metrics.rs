@@ -9,7 +9,7 @@ use crate::api::session::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::metrics::host::HostMetrics;
 use crate::metrics::vm::VmMetrics;
-use crate::metrics::*;
+use crate::metrics::{History, HistoryQuery, series, window};
 use crate::state::AppState;
 use crate::store::now_unix;
 

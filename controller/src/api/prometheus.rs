@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ApiResult};
 use crate::http::ClientIp;
-use crate::metrics::prometheus::*;
+use crate::metrics::prometheus::render;
 use crate::state::AppState;
 
 /// Counts every API request (a layer on the routed API, so the route template is known).

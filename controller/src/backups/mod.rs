@@ -407,7 +407,7 @@ async fn check_images(ctx: &Ctx, manifest: &Manifest, dir: &Path) -> ApiResult<(
     Ok(())
 }
 
-pub(crate) async fn restore(
+async fn restore(
     ctx: &Ctx,
     user: &SessionUser,
     backup: &Backup,
@@ -576,7 +576,7 @@ async fn restore_as_new(
 }
 
 /// Verifies the uploaded archive, keeps it as a backup of its own, and restores it as a new VM.
-pub(crate) async fn restore_upload(
+async fn restore_upload(
     ctx: &Ctx,
     user: &SessionUser,
     upload: tempfile::NamedTempFile,
@@ -611,4 +611,55 @@ pub(crate) async fn restore_upload(
         })
         .await?;
     restore_as_new(ctx, user, manifest, spec, staging.path()).await
+}
+
+/// The backups `user` may see (all of them for admins), newest first.
+pub async fn list(ctx: &Ctx, user: &SessionUser) -> ApiResult<Vec<Backup>> {
+    let all = ctx
+        .vms
+        .store
+        .call(|c| {
+            let mut stmt =
+                c.prepare(&format!("SELECT {SELECT} FROM backups ORDER BY created_at DESC, id"))?;
+            let rows = stmt.query_map([], from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    Ok(all.into_iter().filter(|b| user.is_admin || b.owner == user.username).collect())
+}
+
+/// Restores `backup` (as a new VM called `new_name`, or onto its stopped original) as a job whose
+/// progress can be read while it runs.
+pub async fn restore_job(
+    ctx: &Ctx,
+    user: SessionUser,
+    backup: Backup,
+    new_name: Option<String>,
+) -> ApiResult<VmRecord> {
+    let (st, vm_id, owner) = (ctx.clone(), backup.vm_id.clone(), user.username.clone());
+    ctx.jobs
+        .run("restore", Some(&vm_id), &owner, move |progress| async move {
+            let vm = restore(&st, &user, &backup, new_name, &progress).await?;
+            let id = vm.id.clone();
+            Ok((vm, Some(id)))
+        })
+        .await
+}
+
+/// Restores an uploaded archive as a new VM, as a job (the archive is verified in full first and
+/// kept as a backup).
+pub async fn restore_upload_job(
+    ctx: &Ctx,
+    user: SessionUser,
+    upload: tempfile::NamedTempFile,
+    new_name: Option<String>,
+) -> ApiResult<VmRecord> {
+    let (st, owner) = (ctx.clone(), user.username.clone());
+    ctx.jobs
+        .run("restore", None, &owner, move |progress| async move {
+            let vm = restore_upload(&st, &user, upload, new_name, &progress).await?;
+            let id = vm.id.clone();
+            Ok((vm, Some(id)))
+        })
+        .await
 }
