@@ -50,6 +50,22 @@ ensure_vm_tools() {
   fi
 }
 
+# A command-line tool from PyPI in a virtual environment of its own; prints the command's path.
+ensure_py_tool() { # <package> <command>
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/fastvm/py-$1"
+  if [ ! -x "$venv/bin/$2" ]; then
+    command -v python3 >/dev/null 2>&1 || ensure_packages python3 python3-venv
+    python3 -m venv "$venv" 2>/dev/null || { ensure_packages python3-venv && python3 -m venv "$venv"; }
+    log "installing $1 from PyPI"
+    "$venv/bin/pip" install -q "$1" >&2
+  fi
+  if [ ! -x "$venv/bin/$2" ]; then
+    log "$2 is missing after installing $1"
+    return 1
+  fi
+  echo "$venv/bin/$2"
+}
+
 ensure_rust() {
   command -v cargo >/dev/null 2>&1 && return 0
   log "cargo not found: install Rust (https://rustup.rs) and run this again"

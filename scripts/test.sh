@@ -34,6 +34,15 @@ passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$out" | grep -Eo '[0-9]+ p
 failed=$(grep -Eo '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
 ignored=$(grep -Eo '[0-9]+ ignored;' "$out" | awk '{s+=$1} END {print s+0}')
 
+# Generators (and the original's clients) read the committed document, which a cargo test keeps
+# equal to what the code serves: it must be valid OpenAPI 3.1.
+log "openapi/openapi.json against the OpenAPI 3.1 schema (openapi-spec-validator)"
+if validator=$(ensure_py_tool openapi-spec-validator openapi-spec-validator) && "$validator" openapi/openapi.json; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
+
 # The dashboard in Chromium, against the debug binaries cargo test built; screenshots of every view.
 log "browser tests (node --test frontend/tests)"
 export FASTVM_SCREENSHOTS="${FASTVM_SCREENSHOTS:-$PWD/target/screenshots}"

@@ -39,6 +39,8 @@ use crate::{auth, backups, host, http, metrics, system, vms, web};
             errors are `{\"detail\": \"...\"}`."
     ),
     modifiers(&BearerAuth),
+    // Named only by query parameters, which do not register their schemas.
+    components(schemas(crate::auth::owned::Owned)),
     tags(
         (name = "auth", description = "Sign in, sign out, your own account"),
         (name = "users", description = "User management (admin only)"),
@@ -67,7 +69,10 @@ impl Modify for BearerAuth {
 }
 
 fn api() -> (Router<AppState>, OpenApiDoc) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::api::routes()).split_for_parts()
+    let (router, mut doc) =
+        OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::api::routes()).split_for_parts();
+    crate::api::describe_responses(&mut doc);
+    (router, doc)
 }
 
 /// The OpenAPI document the code describes (what `fastvm openapi` prints).
@@ -101,7 +106,9 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
     }
     let store = Store::open(&settings.db_path())?;
     let tokens = TokenKeys::load(settings.jwt_secret.as_deref(), &settings.data_dir)?;
-    auth::ensure_default_admin(&store, settings.bcrypt_cost).await?;
+    auth::ensure_default_admin(&store, settings.bcrypt_cost, settings.admin_password.as_deref()).await?;
+    let default_password = Arc::new(auth::DefaultPassword::default());
+    default_password.refresh(&store, settings.bcrypt_cost).await;
     let vms = Arc::new(vm_manager(&settings, store.clone()).await?);
     if let Err(e) = vms.reconcile().await {
         tracing::error!(error = ?e, "initial reconcile failed");
@@ -134,6 +141,7 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         tokens: Arc::new(tokens),
         vms,
         jobs: Arc::default(),
+        default_password,
     };
     metrics::start_collector(state.metrics.clone(), state.vms.clone(), state.settings.data_dir.clone());
     let scheduler = state.clone();
@@ -145,8 +153,24 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
             }
         }
     });
+    let (flag, store, cost) =
+        (state.default_password.clone(), state.store.clone(), state.settings.bcrypt_cost);
+    tokio::spawn(async move {
+        loop {
+            if flag.refresh(&store, cost).await {
+                tracing::warn!(
+                    "the admin account still has the password admin: change it (POST /api/auth/change-password \
+                     or `fastvm admin reset-password admin`)"
+                );
+            }
+            tokio::time::sleep(DEFAULT_PASSWORD_WARN_EVERY).await;
+        }
+    });
     Ok(state)
 }
+
+/// How often the log says that `admin` still has its first password.
+const DEFAULT_PASSWORD_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The docker runtime, when `FASTVM_RUNTIME` asks for it (or `auto` finds an engine and the image).
 async fn docker_runtime(settings: &Settings, run_dirs: &RunDirs) -> anyhow::Result<Option<DockerRuntime>> {

@@ -41,6 +41,10 @@ pub struct Settings {
     /// Production mode: adds HSTS and a Content-Security-Policy.
     #[arg(long, env = "FASTVM_PRODUCTION", value_parser = parse_flag, default_value = "0")]
     pub production: bool,
+    /// The first admin's password, used once: when the controller starts with no users at all
+    /// (an installer sets it; without it the first admin is `admin`/`admin`, to be changed).
+    #[arg(long, env = "FASTVM_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
     /// VM acceleration: `auto` (KVM when /dev/kvm is usable, else TCG), `kvm` or `tcg`.
     #[arg(long, env = "FASTVM_ACCEL", default_value = "auto")]
     pub accel: String,
@@ -143,6 +147,7 @@ impl Settings {
             login_rate_limit: RateLimit::Failures { max: 5, window: Duration::from_secs(60) },
             cors_origins: "*".into(),
             production: false,
+            admin_password: None,
             accel: "auto".into(),
             iso_dirs: None,
             vmrunner: None,

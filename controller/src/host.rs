@@ -8,18 +8,25 @@ use vmrunner::argv::Accel;
 
 use crate::system::find_in_path;
 
-/// Total RAM in MiB, from /proc/meminfo.
+/// A line of /proc/meminfo, in MiB.
+fn meminfo_mib(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        text.lines()
+            .find(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb / 1024)
+    })
+}
+
+/// Total RAM in MiB.
 pub fn memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(0)
+    meminfo_mib("MemTotal").unwrap_or(0)
+}
+
+/// RAM a new VM can have now without swapping others out, in MiB (the kernel's estimate).
+pub fn available_memory_mib() -> u64 {
+    meminfo_mib("MemAvailable").unwrap_or_else(memory_mib)
 }
 
 pub fn cpus() -> u32 {

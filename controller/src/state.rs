@@ -21,6 +21,7 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     pub consoles: Arc<Consoles>,
     pub metrics: Arc<Metrics>,
+    pub default_password: Arc<crate::auth::DefaultPassword>,
 }
 
 impl AppState {

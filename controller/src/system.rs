@@ -40,6 +40,8 @@ pub struct HealthChecks {
     /// Whether NAT guests are kept from the host's loopback services. Not part of `status`: QEMU
     /// 7.2's user network has no option for it, so with the process runtime they are not.
     pub nat_guest_isolation: Check,
+    /// Whether `admin` can still sign in with the password `admin`. Not part of `status`.
+    pub default_password: Check,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -114,8 +116,9 @@ fn nat_isolation(runtime: &str) -> Check {
     }
 }
 
-/// Every check, on the database in `store` and a controller running VMs with `runtime`.
-pub async fn check(store: &crate::store::Store, runtime: &str) -> Health {
+/// Every check, on the database in `store` and a controller running VMs with `runtime`
+/// (`default_password`: whether `admin`/`admin` still signs in).
+pub async fn check(store: &crate::store::Store, runtime: &str, default_password: bool) -> Health {
     let database = async {
         match store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await {
             Ok(1) => Check::ok("SQLite answers"),
@@ -132,6 +135,17 @@ pub async fn check(store: &crate::store::Store, runtime: &str) -> Health {
         service: "Fast VM".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         runtime: runtime.into(),
-        checks: HealthChecks { database, qemu, kvm, docker, nat_guest_isolation: nat_isolation(runtime) },
+        checks: HealthChecks {
+            database,
+            qemu,
+            kvm,
+            docker,
+            nat_guest_isolation: nat_isolation(runtime),
+            default_password: if default_password {
+                Check::fail("admin still has the password admin: change it now")
+            } else {
+                Check::ok("the first admin password was changed (or set at install)")
+            },
+        },
     }
 }

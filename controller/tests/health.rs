@@ -56,3 +56,29 @@ async fn docker_check_fails_when_no_engine_answers() -> TestResult {
     assert_eq!(h["checks"]["database"]["ok"], true);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_first_admin_password_shows_until_it_is_changed() -> TestResult {
+    let s = TestServer::start().await;
+    let health = || async { s.client.get(s.url("/api/health")).send().await?.json::<Value>().await };
+    let h = health().await?;
+    assert_eq!(h["checks"]["default_password"]["ok"], false, "admin/admin still signs in: {h}");
+    assert_eq!(h["status"], health().await?["status"], "not part of the status");
+    let admin = s.admin_token().await;
+    let body = serde_json::json!({"current_password": "admin", "new_password": "a-better-one-1"});
+    let (status, answer) = s.post("/api/auth/change-password", &admin, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let h = health().await?;
+    assert_eq!(h["checks"]["default_password"]["ok"], true, "changed: {h}");
+
+    // An installer gives the first admin its password: no admin/admin at any time.
+    let s =
+        TestServer::start_with(|settings| settings.admin_password = Some("set-by-installer".into())).await;
+    assert_eq!(s.login("admin", "admin").await.status(), StatusCode::UNAUTHORIZED);
+    let r = s.login("admin", "set-by-installer").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await?["must_change_password"], false);
+    let h: Value = s.client.get(s.url("/api/health")).send().await?.json().await?;
+    assert_eq!(h["checks"]["default_password"]["ok"], true, "{h}");
+    Ok(())
+}

@@ -182,7 +182,7 @@ async fn the_iso_library_takes_only_real_images_and_only_from_admins() -> TestRe
     assert_eq!(s.get("/api/spice-tools", &bob).await.1["available"], false);
     // An admin's real upload works and everyone can read it.
     let (status, body) = upload_iso(&s, &admin, "spice-guest-tools-latest.iso", vec![0u8; 4096]).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(s.get("/api/spice-tools", &bob).await.1["available"], true);
     let (status, _) =
         s.call(Method::DELETE, "/api/isos/spice-guest-tools-latest.iso", Some(&bob), None).await;
@@ -232,7 +232,7 @@ async fn create_time_rules_hold_on_restore_clone_and_port_forwards() -> TestResu
 
     // Clone: an admin hands bob a bridged VM; bob may keep using it, not multiply it.
     let (status, vm) = s.post("/api/vms", &admin, bridged).await;
-    assert_eq!(status, StatusCode::CREATED, "{vm}");
+    assert_eq!(status, StatusCode::OK, "{vm}");
     let id = vm["vm"]["id"].as_str().ok_or("id")?.to_string();
     let path = format!("/api/vms/{id}");
     assert_eq!(
@@ -243,10 +243,7 @@ async fn create_time_rules_hold_on_restore_clone_and_port_forwards() -> TestResu
     assert_eq!(status, StatusCode::OK, "editing what an admin set up: {body}");
     let (status, body) = s.post(&format!("{path}/clone"), &bob, json!({"name": "copy"})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(
-        s.post(&format!("{path}/clone"), &admin, json!({"name": "copy"})).await.0,
-        StatusCode::CREATED
-    );
+    assert_eq!(s.post(&format!("{path}/clone"), &admin, json!({"name": "copy"})).await.0, StatusCode::OK);
 
     // Port forwards: privileged host ports are for admins.
     let forward = |port: u16| {
@@ -256,8 +253,8 @@ async fn create_time_rules_hold_on_restore_clone_and_port_forwards() -> TestResu
     let (status, body) = s.post("/api/vms", &bob, forward(80)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(detail(&body).contains("host port 80"), "{body}");
-    assert_eq!(s.post("/api/vms", &bob, forward(18080)).await.0, StatusCode::CREATED);
-    assert_eq!(s.post("/api/vms", &admin, forward(81)).await.0, StatusCode::CREATED);
+    assert_eq!(s.post("/api/vms", &bob, forward(18080)).await.0, StatusCode::OK);
+    assert_eq!(s.post("/api/vms", &admin, forward(81)).await.0, StatusCode::OK);
     Ok(())
 }
 
@@ -313,7 +310,7 @@ async fn cloud_init_seeds_are_their_owners_only() -> TestResult {
         .call(Method::PUT, &format!("/api/vms/{mine}"), Some(&bob), Some(json!({"secondary_iso_path": path})))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(s.post("/api/vms", &alice, spec("hers")).await.0, StatusCode::CREATED, "the owner may");
+    assert_eq!(s.post("/api/vms", &alice, spec("hers")).await.0, StatusCode::OK, "the owner may");
     Ok(())
 }
 
@@ -376,10 +373,10 @@ async fn backup_schedules_have_a_floor() -> TestResult {
 /// Something of each kind a user can own: a VM, a volume, a backup and a cloud-init seed.
 async fn give_things_to(s: &TestServer, token: &str) -> Result<(String, String), Box<dyn std::error::Error>> {
     let (status, vm) = s.post("/api/vms", token, serde_json::from_str(SPEC)?).await;
-    assert_eq!(status, StatusCode::CREATED, "{vm}");
+    assert_eq!(status, StatusCode::OK, "{vm}");
     let id = vm["vm"]["id"].as_str().ok_or("id")?.to_string();
     let (status, vol) = s.post("/api/volumes", token, json!({"name": "data", "size_gb": 1})).await;
-    assert_eq!(status, StatusCode::CREATED, "{vol}");
+    assert_eq!(status, StatusCode::OK, "{vol}");
     let (status, backup) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(token), None).await;
     assert_eq!(status, StatusCode::OK, "{backup}");
     let (status, seed) = s.post("/api/cloudinit", token, json!({"hostname": "mine"})).await;
@@ -455,7 +452,7 @@ async fn quotas_stop_growth_everywhere_it_can_happen() -> TestResult {
     let vm = |name: &str, cpus: u32, memory: u32, disk: u32| json!({"name": name, "memory": memory, "cpus": cpus, "disk_size": disk});
     assert_eq!(s.post("/api/vms", &bob, vm("too big", 1, 1024, 1)).await.0, StatusCode::FORBIDDEN);
     let (status, first) = s.post("/api/vms", &bob, vm("first", 1, 256, 2)).await;
-    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(status, StatusCode::OK, "{first}");
     let id = first["vm"]["id"].as_str().ok_or("id")?.to_string();
     let (status, body) = s.post("/api/vms", &bob, vm("second", 1, 256, 1)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
@@ -470,10 +467,7 @@ async fn quotas_stop_growth_everywhere_it_can_happen() -> TestResult {
     );
     let (status, body) = s.post("/api/volumes", &bob, json!({"name": "big", "size_gb": 4})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(
-        s.post("/api/volumes", &bob, json!({"name": "fits", "size_gb": 3})).await.0,
-        StatusCode::CREATED
-    );
+    assert_eq!(s.post("/api/volumes", &bob, json!({"name": "fits", "size_gb": 3})).await.0, StatusCode::OK);
     assert!(
         std::fs::read_dir(s.data_dir.path().join("volumes"))?.count() == 1,
         "a refused volume's file stays"
@@ -505,7 +499,7 @@ async fn quotas_stop_growth_everywhere_it_can_happen() -> TestResult {
         s.call(Method::PUT, "/api/auth/users/admin/quota", Some(&admin), Some(own)).await.0,
         StatusCode::OK
     );
-    assert_eq!(s.post("/api/vms", &admin, vm("admins vm", 1, 256, 1)).await.0, StatusCode::CREATED);
+    assert_eq!(s.post("/api/vms", &admin, vm("admins vm", 1, 256, 1)).await.0, StatusCode::OK);
     Ok(())
 }
 

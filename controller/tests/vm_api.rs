@@ -17,7 +17,7 @@ async fn create_list_get_update_delete() -> TestResult {
     let (status, body) = s
         .post("/api/vms", &admin, json!({"name": "Ubuntu Server", "memory": 256, "cpus": 1, "disk_size": 20}))
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["success"], true);
     let vm = &body["vm"];
     let id = vm["id"].as_str().ok_or("id")?.to_string();
@@ -143,7 +143,7 @@ async fn macs_and_host_ports_are_unique_across_vms() -> TestResult {
         json!({"name": name, "memory": 256, "cpus": 1, "disk_size": 1,
                "networks": [{"mac_address": mac, "port_forwards": [{"host_port": port, "guest_port": 22}]}]})
     };
-    assert_eq!(s.post("/api/vms", &admin, vm("a", "52:54:00:00:00:aa", 2222)).await.0, StatusCode::CREATED);
+    assert_eq!(s.post("/api/vms", &admin, vm("a", "52:54:00:00:00:aa", 2222)).await.0, StatusCode::OK);
     let (status, body) = s.post("/api/vms", &admin, vm("b", "52:54:00:00:00:AA", 2223)).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["detail"].as_str().is_some_and(|d| d.contains("mac_address")));
@@ -153,7 +153,7 @@ async fn macs_and_host_ports_are_unique_across_vms() -> TestResult {
     // Same port on another protocol is fine.
     let udp = json!({"name": "d", "memory": 256, "cpus": 1, "disk_size": 1,
         "networks": [{"port_forwards": [{"host_port": 2222, "guest_port": 53, "protocol": "udp"}]}]});
-    assert_eq!(s.post("/api/vms", &admin, udp).await.0, StatusCode::CREATED);
+    assert_eq!(s.post("/api/vms", &admin, udp).await.0, StatusCode::OK);
     assert_eq!(s.get("/api/vms", &admin).await.1.as_array().map(Vec::len), Some(2));
     Ok(())
 }
@@ -266,7 +266,7 @@ async fn iso_library_uploads_and_deletes_safely() -> TestResult {
         s.client.post(s.url("/api/isos")).bearer_auth(&admin).multipart(form).send()
     };
     let r = upload("tiny.iso", vec![7u8; 100_000]).await?;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await?;
     assert_eq!(body["iso"]["size"], 100_000);
     let path = body["iso"]["path"].as_str().ok_or("path")?.to_string();
@@ -399,5 +399,65 @@ async fn a_volume_goes_to_one_vm_however_many_ask_at_once() -> TestResult {
     let mut statuses = [a.0, b.0];
     statuses.sort();
     assert_eq!(statuses, [StatusCode::OK, StatusCode::NOT_FOUND], "{a:?} {b:?}");
+    Ok(())
+}
+
+/// A VM is defined whatever the size of the host it is defined on (the brief's examples ask for 2
+/// and 4 vCPUs, 2 and 8 GiB); it starts only where it fits, and the refusal says what the host has.
+#[tokio::test]
+async fn a_vm_larger_than_the_host_is_defined_and_refused_at_start() -> TestResult {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let images = s.data_dir.path().join("images");
+    for iso in ["ubuntu.iso", "win11.iso", "virtio-win.iso"] {
+        std::fs::write(images.join(iso), b"iso")?;
+    }
+    let iso = |name: &str| images.join(name).display().to_string();
+    let nat = json!({"name": "Ubuntu Server", "memory": 2048, "cpus": 2, "disk_size": 20, "iso_path": iso("ubuntu.iso")});
+    let bridge = json!({
+        "name": "Windows 11", "memory": 8192, "cpus": 4, "disk_size": 60,
+        "iso_path": iso("win11.iso"), "secondary_iso_path": iso("virtio-win.iso"),
+        "networks": [{"type": "bridge", "bridge_name": "br0"}], "boot_order": ["cdrom", "disk"]
+    });
+    for body in [nat, bridge] {
+        let (status, answer) = s.post("/api/vms", &admin, body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["success"], true);
+    }
+
+    let cpus = std::thread::available_parallelism()?.get() as u64;
+    let (_, big) = s
+        .post(
+            "/api/vms",
+            &admin,
+            json!({"name": "many cpus", "memory": 256, "cpus": cpus + 1, "disk_size": 1}),
+        )
+        .await;
+    let id = big["vm"]["id"].as_str().ok_or("id")?;
+    let (status, answer) = s.call(Method::POST, &format!("/api/vms/{id}/start"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let detail = answer["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("{} vCPUs", cpus + 1)) && detail.contains(&format!("{cpus} CPUs")),
+        "{detail}"
+    );
+
+    let (_, huge) = s
+        .post(
+            "/api/vms",
+            &admin,
+            json!({"name": "much ram", "memory": 4u64 << 20, "cpus": 1, "disk_size": 1}),
+        )
+        .await;
+    let id = huge["vm"]["id"].as_str().ok_or("id")?;
+    let (status, answer) = s.call(Method::POST, &format!("/api/vms/{id}/start"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["detail"].as_str().is_some_and(|d| d.contains("MiB free")), "{answer}");
+    let (_, vm) = s.get(&format!("/api/vms/{id}"), &admin).await;
+    assert_eq!(
+        (vm["status"].as_str(), vm["last_error"].as_str()),
+        (Some("stopped"), None),
+        "nothing was tried: {vm}"
+    );
     Ok(())
 }

@@ -281,7 +281,7 @@ async fn backup_progress_is_readable_and_attached_volumes_come_back() -> TestRes
         Command::new("qemu-io").args(["-c", "write -P 0x5a 0 384M"]).arg(&disk).output()?.status.success()
     );
     let (status, vol) = s.post("/api/volumes", &admin, json!({"name": "data", "size_gb": 1})).await;
-    assert_eq!(status, StatusCode::CREATED, "{vol}");
+    assert_eq!(status, StatusCode::OK, "{vol}");
     let vol_id = vol["volume"]["id"].as_str().ok_or("id")?.to_string();
     let vol_path = std::path::PathBuf::from(vol["volume"]["path"].as_str().ok_or("path")?);
     let (status, _) =

@@ -43,7 +43,7 @@ async fn clones_are_isolated_outlive_their_source_and_boot() -> TestResult {
 
     let (status, body) =
         s.post(&format!("/api/vms/{src}/clone"), &admin, json!({"name": "clone", "memory": 300})).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(status, StatusCode::OK, "{body}");
     let clone = body["vm"]["id"].as_str().ok_or("id")?.to_string();
     assert_eq!(body["vm"]["memory"], 300);
     let (_, jobs) = s.get("/api/jobs", &admin).await;

@@ -32,13 +32,13 @@ async fn offline_snapshot_restore_reverts_the_data() -> TestResult {
 
     // A snapshot of a VM that never ran creates its (empty) disk first.
     let (status, body) = s.post(&base, &admin, json!({"name": "empty"})).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(status, StatusCode::OK, "{body}");
     let disk = s.data_dir.path().join("vms").join(&id).join("disk0.qcow2");
     assert!(disk.is_file());
 
     qemu_io(&disk, "write -P 0x11 0 64k")?;
     let (status, body) = s.post(&base, &admin, json!({"name": "s1", "description": "pattern 11"})).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["snapshot"]["vm_state"], false);
     let s1 = body["snapshot"]["id"].as_str().ok_or("id")?.to_string();
     let (status, _) = s.post(&base, &admin, json!({"name": "s1"})).await;
@@ -110,7 +110,7 @@ async fn live_snapshot_restores_a_running_guest_where_it_was() -> TestResult {
     type_on_serial(&run_dir, "echo BEFORE-SNAP > /tmp/marker && echo MARKED-BEFORE")?;
     wait_serial_async(&run_dir, "\nMARKED-BEFORE", 1, Duration::from_secs(60)).await;
     let (status, body) = s.post(&format!("/api/vms/{id}/snapshots"), &admin, json!({"name": "live"})).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["snapshot"]["vm_state"], true);
     let snap = body["snapshot"]["id"].as_str().ok_or("id")?.to_string();
     let (_, list) = s.get(&format!("/api/vms/{id}/snapshots"), &admin).await;

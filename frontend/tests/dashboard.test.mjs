@@ -363,7 +363,7 @@ test('the graphical consoles (SPICE and VNC) and the monitoring charts, on a run
   const made = await api('POST', '/api/vms', token, {
     name: 'console vm', memory: 256, cpus: 1, disk_size: 1, iso_path: guestIso, firmware: 'bios', boot_order: ['cdrom', 'disk'],
   });
-  assert.equal(made.status, 201, JSON.stringify(made.body));
+  assert.equal(made.status, 200, JSON.stringify(made.body));
   const vm = made.body.vm;
   assert.equal((await api('POST', `/api/vms/${vm.id}/start`, token)).status, 200);
   await serialShows(token, vm.id, 'FASTVM-GUEST-READY');
@@ -502,10 +502,10 @@ test('the graphical consoles (SPICE and VNC) and the monitoring charts, on a run
 
 test('a regular user sees neither Users nor Audit, nor other users\' VMs', async () => {
   const admin = await tokenOf('admin', 'browser-pass-1');
-  assert.equal((await api('POST', '/api/auth/users', admin, { username: 'carol', password: 'carol-pass-1', is_admin: false })).status, 201);
-  assert.equal((await api('POST', '/api/vms', admin, { name: 'admins vm', memory: 256, cpus: 1, disk_size: 1 })).status, 201);
+  assert.equal((await api('POST', '/api/auth/users', admin, { username: 'carol', password: 'carol-pass-1', is_admin: false })).status, 200);
+  assert.equal((await api('POST', '/api/vms', admin, { name: 'admins vm', memory: 256, cpus: 1, disk_size: 1 })).status, 200);
   const carol = await tokenOf('carol', 'carol-pass-1');
-  assert.equal((await api('POST', '/api/vms', carol, { name: 'carols vm', memory: 256, cpus: 1, disk_size: 1 })).status, 201);
+  assert.equal((await api('POST', '/api/vms', carol, { name: 'carols vm', memory: 256, cpus: 1, disk_size: 1 })).status, 200);
 
   const page = await watchedPage({ width: 1280, height: 800 });
   await page.goto(base + '/');
@@ -526,7 +526,7 @@ test('a regular user sees neither Users nor Audit, nor other users\' VMs', async
 test('volumes, ISOs and backups are managed from their views', async () => {
   const token = await tokenOf('admin', 'browser-pass-1');
   const made = await api('POST', '/api/vms', token, { name: 'storage vm', memory: 256, cpus: 1, disk_size: 1, firmware: 'bios' });
-  assert.equal(made.status, 201, JSON.stringify(made.body));
+  assert.equal(made.status, 200, JSON.stringify(made.body));
   const vmId = made.body.vm.id;
   const page = await watchedPage({ width: 1280, height: 800 });
   await page.goto(base + '/');
@@ -671,7 +671,7 @@ test('a dashboard of 200 VMs is drawn, and how long it takes is measured', async
     for (let k = i; k < i + 20; k++) {
       batch.push(api('POST', '/api/vms', token, { name: `load ${String(k).padStart(3, '0')}`, memory: 256, cpus: 1, disk_size: 1 }));
     }
-    for (const r of await Promise.all(batch)) assert.equal(r.status, 201);
+    for (const r of await Promise.all(batch)) assert.equal(r.status, 200);
   }
   const page = await watchedPage({ width: 1280, height: 800 });
   await page.goto(base + '/');
@@ -702,7 +702,7 @@ test('a dashboard of 200 VMs is drawn, and how long it takes is measured', async
 test('bulk actions, your own password, modals that keep the keyboard, and every view in both themes and sizes', async () => {
   const token = await tokenOf('admin', 'browser-pass-1');
   for (const name of ['bulk a', 'bulk b']) {
-    assert.equal((await api('POST', '/api/vms', token, { name, memory: 256, cpus: 1, disk_size: 1 })).status, 201);
+    assert.equal((await api('POST', '/api/vms', token, { name, memory: 256, cpus: 1, disk_size: 1 })).status, 200);
   }
   const page = await watchedPage({ width: 1280, height: 800 });
   await page.goto(base + '/');

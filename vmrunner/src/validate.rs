@@ -8,6 +8,10 @@ use crate::spec::{NetworkType, VmSpec};
 
 pub const NAME_MAX: usize = 50;
 pub const MIN_MEMORY_MIB: u64 = 128;
+/// A VM's definition does not depend on the host it is made on (configs move between hosts): these
+/// are QEMU's bounds for x86_64 guests, and the host's own size is checked when the VM starts.
+pub const MAX_MEMORY_MIB: u64 = 4 << 20;
+pub const MAX_CPUS: u32 = 255;
 pub const MAX_DISK_GB: u64 = 1024;
 pub const MAX_NETWORKS: usize = 8;
 pub const IFNAME_MAX: usize = 15;
@@ -31,25 +35,20 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError { field: field.into(), message: message.into() }
 }
 
-/// What the host allows.
+/// What this controller allows.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub max_memory_mib: u64,
-    pub max_cpus: u32,
     /// Directories ISO images may come from (compared after resolving symlinks).
     pub iso_roots: Vec<PathBuf>,
 }
 
 pub fn validate(spec: &VmSpec, limits: &Limits) -> Result<(), SpecError> {
     validate_name(&spec.name)?;
-    if spec.memory < MIN_MEMORY_MIB || spec.memory > limits.max_memory_mib {
-        return Err(err(
-            "memory",
-            format!("must be {MIN_MEMORY_MIB} to {} MiB (the host's RAM)", limits.max_memory_mib),
-        ));
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&spec.memory) {
+        return Err(err("memory", format!("must be {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")));
     }
-    if spec.cpus < 1 || spec.cpus > limits.max_cpus {
-        return Err(err("cpus", format!("must be 1 to {} (the host's CPUs)", limits.max_cpus)));
+    if !(1..=MAX_CPUS).contains(&spec.cpus) {
+        return Err(err("cpus", format!("must be 1 to {MAX_CPUS}")));
     }
     if spec.disk_size < 1 || spec.disk_size > MAX_DISK_GB {
         return Err(err("disk_size", format!("must be 1 to {MAX_DISK_GB} GB")));
@@ -193,7 +192,7 @@ mod tests {
     }
 
     fn limits(roots: Vec<PathBuf>) -> Limits {
-        Limits { max_memory_mib: 4096, max_cpus: 2, iso_roots: roots }
+        Limits { iso_roots: roots }
     }
 
     fn field_of(spec: &VmSpec, roots: Vec<PathBuf>) -> String {
@@ -226,9 +225,9 @@ mod tests {
         type Change = fn(&mut VmSpec);
         let cases: [(&str, Change); 6] = [
             ("memory", |s| s.memory = 127),
-            ("memory", |s| s.memory = 4097),
+            ("memory", |s| s.memory = MAX_MEMORY_MIB + 1),
             ("cpus", |s| s.cpus = 0),
-            ("cpus", |s| s.cpus = 3),
+            ("cpus", |s| s.cpus = 256),
             ("disk_size", |s| s.disk_size = 0),
             ("disk_size", |s| s.disk_size = 1025),
         ];

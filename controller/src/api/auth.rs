@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -82,6 +81,7 @@ async fn change_password(
 ) -> ApiResult<Json<Message>> {
     audit.action("auth.change_password").target(&user.username);
     state.accounts().change_password(user, req).await?;
+    state.default_password.refresh(&state.store, state.settings.bcrypt_cost).await;
     Ok(Message::ok("Password changed"))
 }
 
@@ -105,6 +105,7 @@ async fn set_user_password(
 ) -> ApiResult<Json<Message>> {
     audit.action("user.set_password").target(&username);
     state.accounts().set_password(&admin, &username, req).await?;
+    state.default_password.refresh(&state.store, state.settings.bcrypt_cost).await;
     Ok(Message::ok(format!("Password of {username} set; their sessions are signed out")))
 }
 
@@ -119,7 +120,7 @@ async fn list_users(State(state): State<AppState>, _admin: AdminUser) -> ApiResu
 #[utoipa::path(post, path = "/api/auth/users", tag = "users", security(("bearer" = [])),
     request_body = CreateUserRequest,
     responses(
-        (status = 201, body = UserInfo),
+        (status = 200, body = UserInfo),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 409, description = "Username taken", body = ErrorBody),
@@ -130,9 +131,9 @@ async fn create_user(
     audit: Audit,
     _admin: AdminUser,
     ApiJson(req): ApiJson<CreateUserRequest>,
-) -> ApiResult<(StatusCode, Json<UserInfo>)> {
+) -> ApiResult<Json<UserInfo>> {
     audit.action("user.create").target(&req.username);
-    Ok((StatusCode::CREATED, Json(state.accounts().create(req).await?)))
+    Ok(Json(state.accounts().create(req).await?))
 }
 
 /// Delete a user (admin only). You cannot delete yourself or the last admin. What the user owns

@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, State};
-use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,7 +33,7 @@ async fn list_isos(State(state): State<AppState>, AuthUser(user): AuthUser) -> A
 #[utoipa::path(post, path = "/api/isos", tag = "isos", security(("bearer" = [])),
     request_body(content_type = "multipart/form-data", description = "field `file`: the ISO image"),
     responses(
-        (status = 201, body = IsoUploaded),
+        (status = 200, body = IsoUploaded),
         (status = 400, description = "Bad name, no file, or not an ISO image", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 409, description = "An ISO of that name exists", body = ErrorBody),
@@ -46,7 +45,7 @@ async fn upload_iso(
     AdminUser(user): AdminUser,
     headers: axum::http::HeaderMap,
     mut multipart: Multipart,
-) -> ApiResult<(StatusCode, Json<IsoUploaded>)> {
+) -> ApiResult<Json<IsoUploaded>> {
     audit.action("iso.upload");
     // Progress is measured against the whole request body, the closest known total.
     let total = headers
@@ -70,7 +69,7 @@ async fn upload_iso(
         let upload = Upload { settings: &state.settings, qemu_img: &state.vms.qemu_img, jobs: &state.jobs };
         let iso = upload.receive(&name, &user.username, total, limit, field).await?;
         let message = format!("{name} uploaded");
-        return Ok((StatusCode::CREATED, Json(IsoUploaded { success: true, message, iso })));
+        return Ok(Json(IsoUploaded { success: true, message, iso }));
     }
     Err(ApiError::BadRequest("file: no file in the upload (multipart field `file`)".into()))
 }

@@ -21,6 +21,7 @@ pub mod upgrade;
 pub mod vms;
 pub mod volumes;
 
+use utoipa::openapi::{OpenApi, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
@@ -41,4 +42,35 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(jobs::routes())
         .merge(consoles::routes())
         .merge(metrics::routes())
+}
+
+/// OpenAPI requires a description on every response (generators refuse a document without):
+/// where a route names none, the status's reason phrase.
+pub fn describe_responses(doc: &mut OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (code, response) in operation.responses.responses.iter_mut() {
+                if let RefOr::T(r) = response {
+                    if r.description.is_empty() {
+                        let reason = code
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|c| axum::http::StatusCode::from_u16(c).ok())
+                            .and_then(|c| c.canonical_reason());
+                        r.description = reason.unwrap_or("Response").to_string();
+                    }
+                }
+            }
+        }
+    }
 }

@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -45,7 +44,7 @@ async fn list_snapshots(
 #[utoipa::path(post, path = "/api/vms/{vm_id}/snapshots", tag = "snapshots", security(("bearer" = [])),
     params(("vm_id" = String, Path)), request_body = CreateSnapshot,
     responses(
-        (status = 201, body = SnapshotResponse),
+        (status = 200, body = SnapshotResponse),
         (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Name taken, or a raw disk", body = ErrorBody),
@@ -56,13 +55,13 @@ async fn create_snapshot(
     AuthUser(user): AuthUser,
     Path(vm_id): Path<String>,
     ApiJson(req): ApiJson<CreateSnapshot>,
-) -> ApiResult<(StatusCode, Json<SnapshotResponse>)> {
+) -> ApiResult<Json<SnapshotResponse>> {
     audit.action("snapshot.create").target(&vm_id).details(&req.name);
     state.vms.owned(&user, &vm_id).await?;
     let snapshot = snapshots::take(&state.vms, &vm_id, &req).await?;
     audit.details(&snapshot.id);
     let message = format!("Snapshot {} created", snapshot.name);
-    Ok((StatusCode::CREATED, Json(SnapshotResponse { success: true, message, snapshot })))
+    Ok(Json(SnapshotResponse { success: true, message, snapshot }))
 }
 
 /// Go back to a snapshot (the VM must be stopped). A live snapshot brings the guest back running,

@@ -46,5 +46,5 @@ async fn system_user(_user: AuthUser) -> Json<SystemUser> {
 /// Service health. No authentication, so load balancers and monitors can use it.
 #[utoipa::path(get, path = "/api/health", tag = "system", responses((status = 200, body = Health)))]
 async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(check(&state.store, state.vms.runtime.name()).await)
+    Json(check(&state.store, state.vms.runtime.name(), state.default_password.in_use()).await)
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -59,7 +58,7 @@ async fn list_vms(State(state): State<AppState>, AuthUser(user): AuthUser) -> Ap
 /// Create a VM (stopped). Its disk is created at first start.
 #[utoipa::path(post, path = "/api/vms", tag = "vms", security(("bearer" = [])), request_body = VmSpec,
     responses(
-        (status = 201, body = VmActionResponse),
+        (status = 200, body = VmActionResponse),
         (status = 400, description = "A field is out of range or not allowed; the message names it", body = ErrorBody),
         (status = 403, description = "Bridge and macvtap NICs are for admins", body = ErrorBody),
         (status = 409, description = "A MAC or host port is used by another VM", body = ErrorBody),
@@ -70,11 +69,11 @@ async fn create_vm(
     audit: Audit,
     AuthUser(user): AuthUser,
     ApiJson(spec): ApiJson<VmSpec>,
-) -> ApiResult<(StatusCode, Json<VmActionResponse>)> {
+) -> ApiResult<Json<VmActionResponse>> {
     audit.action("vm.create").details(&spec.name);
     let vm = state.vms.create(spec, &user.username, user.is_admin).await?;
     audit.target(&vm.id);
-    Ok((StatusCode::CREATED, respond(&state, format!("VM {} created", vm.spec.name), &vm)))
+    Ok(respond(&state, format!("VM {} created", vm.spec.name), &vm))
 }
 
 /// One VM.
@@ -311,7 +310,7 @@ pub struct CloneRequest {
 #[utoipa::path(post, path = "/api/vms/{vm_id}/clone", tag = "vms", security(("bearer" = [])),
     params(("vm_id" = String, Path)), request_body = CloneRequest,
     responses(
-        (status = 201, body = VmActionResponse),
+        (status = 200, body = VmActionResponse),
         (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Running, or has snapshots", body = ErrorBody),
@@ -322,7 +321,7 @@ async fn clone_vm(
     AuthUser(user): AuthUser,
     Path(vm_id): Path<String>,
     ApiJson(req): ApiJson<CloneRequest>,
-) -> ApiResult<(StatusCode, Json<VmActionResponse>)> {
+) -> ApiResult<Json<VmActionResponse>> {
     audit.action("vm.clone").target(&vm_id).details(&req.name);
     state.vms.owned(&user, &vm_id).await?;
     let (vms, source, owner, is_admin) =
@@ -337,5 +336,5 @@ async fn clone_vm(
         })
         .await?;
     audit.details(&vm.id);
-    Ok((StatusCode::CREATED, respond(&state, format!("VM cloned as {}", vm.spec.name), &vm)))
+    Ok(respond(&state, format!("VM cloned as {}", vm.spec.name), &vm))
 }

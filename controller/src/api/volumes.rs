@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -46,17 +45,17 @@ async fn list_volumes(
 
 /// Create an empty volume (thin: space is used as the guest writes).
 #[utoipa::path(post, path = "/api/volumes", tag = "volumes", security(("bearer" = [])), request_body = CreateVolume,
-    responses((status = 201, body = VolumeResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = VolumeResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_volume(
     State(state): State<AppState>,
     audit: Audit,
     AuthUser(user): AuthUser,
     ApiJson(req): ApiJson<CreateVolume>,
-) -> ApiResult<(StatusCode, Json<VolumeResponse>)> {
+) -> ApiResult<Json<VolumeResponse>> {
     audit.action("volume.create").details(&req.name);
     let volume = volumes::create(&state.vms, &user.username, req).await?;
     audit.target(&volume.id);
-    Ok((StatusCode::CREATED, respond(format!("Volume {} created", volume.name), volume)))
+    Ok(respond(format!("Volume {} created", volume.name), volume))
 }
 
 /// One volume.

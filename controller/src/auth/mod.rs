@@ -21,18 +21,53 @@ const DEFAULT_ADMIN: &str = "admin";
 pub static USERNAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_-]{3,50}$").unwrap_or_else(|_| unreachable!()));
 
-/// On first start (no users at all) creates `admin`/`admin`, flagged to change its password.
-pub async fn ensure_default_admin(store: &Store, bcrypt_cost: u32) -> anyhow::Result<()> {
+/// On first start (no users at all) creates `admin`: with `password` when the operator gave one
+/// (`FASTVM_ADMIN_PASSWORD`), else with `admin`, flagged to change its password.
+pub async fn ensure_default_admin(
+    store: &Store,
+    bcrypt_cost: u32,
+    password: Option<&str>,
+) -> anyhow::Result<()> {
     if store.call(|c| Ok(users::count(c)?)).await? > 0 {
         return Ok(());
     }
-    let hash = passwords::hash(DEFAULT_ADMIN.to_string(), bcrypt_cost).await?;
-    let created =
-        store.call(move |c| Ok(users::insert(c, DEFAULT_ADMIN, &hash, true, true, now_unix())?)).await?;
-    if created {
+    if let Some(p) = password {
+        passwords::validate_new("FASTVM_ADMIN_PASSWORD", p).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let must_change = password.is_none();
+    let hash = passwords::hash(password.unwrap_or(DEFAULT_ADMIN).to_string(), bcrypt_cost).await?;
+    let created = store
+        .call(move |c| Ok(users::insert(c, DEFAULT_ADMIN, &hash, true, must_change, now_unix())?))
+        .await?;
+    if created && must_change {
         tracing::warn!("created the default user admin/admin: change its password now");
     }
     Ok(())
+}
+
+/// Whether `admin` can still sign in with the password `admin`, as last looked at (a bcrypt check
+/// each time: at start, every minute, and when a password changes; never per request).
+#[derive(Default)]
+pub struct DefaultPassword(std::sync::atomic::AtomicBool);
+
+impl DefaultPassword {
+    pub fn in_use(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn refresh(&self, store: &Store, bcrypt_cost: u32) -> bool {
+        let stored = store.call(|c| Ok(users::password_hash(c, DEFAULT_ADMIN)?)).await;
+        let in_use = match stored {
+            Ok(Some((hash, _))) => {
+                passwords::verify(DEFAULT_ADMIN.to_string(), Some(hash), bcrypt_cost).await.unwrap_or(false)
+            }
+            Ok(None) => false,
+            // Unknown: keep what was known.
+            Err(_) => return self.in_use(),
+        };
+        self.0.store(in_use, std::sync::atomic::Ordering::Relaxed);
+        in_use
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -101,7 +101,11 @@ pub async fn run(socket: &Path, command: &Command) -> anyhow::Result<Value> {
     MONITORS.execute(socket, command).await
 }
 
-/// Runs a QMP job to its end: `command` gets a fresh job id, `query-jobs` is polled until the job
+/// How often a running job's progress is read between its status changes.
+const JOB_PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs a QMP job to its end: `command` gets a fresh job id; the job is looked at whenever QEMU
+/// reports a change of its status (and every `JOB_PROGRESS_EVERY` for its progress) until it
 /// concludes, which dismisses it, and its error is reported. `progress` gets the job's (current,
 /// total) as QEMU reports it.
 pub async fn run_job(
@@ -113,6 +117,8 @@ pub async fn run_job(
     let job_id = format!("fastvm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let command = command(&job_id);
     let name = command.name();
+    // Before the job exists, so that no change of its status goes unheard.
+    let mut events = MONITORS.subscribe(socket).await?;
     run(socket, &command).await?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
@@ -133,9 +139,23 @@ pub async fn run_job(
                 {
                     progress(cur, total);
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tokio::time::timeout(JOB_PROGRESS_EVERY, status_change(&mut events, &job_id)).await;
             }
             Some(_) => bail!("{name}: still running after {timeout:?}"),
+        }
+    }
+}
+
+/// Returns at the next status change of job `job_id` (or when events were missed).
+async fn status_change(events: &mut tokio::sync::broadcast::Receiver<Event>, job_id: &str) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(e) if e.name == "JOB_STATUS_CHANGE" && e.data["id"] == job_id => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            // No more events: the caller's timeout decides.
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
 }
@@ -222,5 +242,45 @@ mod tests {
         .await;
         let err = Qmp::connect(&path2).await.map(|_| ()).expect_err("too large");
         assert!(format!("{err:#}").contains("more than"), "{err:#}");
+    }
+
+    static JOB: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+    /// A job that runs, reports progress, and concludes with an error, announced by an event.
+    fn failing_job(_: u64, v: &Value) -> Vec<String> {
+        let id = &v["id"];
+        let job = || JOB.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ok = serde_json::json!({"return": {}, "id": id}).to_string();
+        match v["execute"].as_str() {
+            Some("snapshot-save") => {
+                *JOB.lock().unwrap_or_else(|e| e.into_inner()) =
+                    v["arguments"]["job-id"].as_str().unwrap_or_default().to_string();
+                vec![ok]
+            }
+            Some("query-jobs") if v["arguments"].is_null() && job().ends_with("-seen") => {
+                let j = job().trim_end_matches("-seen").to_string();
+                vec![serde_json::json!({"return": [{"id": j, "status": "concluded", "error": "No space left"}], "id": id}).to_string()]
+            }
+            Some("query-jobs") => {
+                let j = job();
+                *JOB.lock().unwrap_or_else(|e| e.into_inner()) = format!("{j}-seen");
+                vec![
+                    serde_json::json!({"return": [{"id": j, "status": "running", "current-progress": 1, "total-progress": 2}], "id": id}).to_string(),
+                    serde_json::json!({"event": "JOB_STATUS_CHANGE", "data": {"id": j, "status": "concluded"}}).to_string(),
+                ]
+            }
+            _ => vec![ok],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_is_followed_to_its_end_and_its_error_reported() {
+        let (_dir, path) = monitor(&[GREETING], failing_job).await;
+        let seen = std::sync::Mutex::new(Vec::new());
+        let progress = |cur, total| seen.lock().unwrap_or_else(|e| e.into_inner()).push((cur, total));
+        let save = |job: &str| Command::snapshot_save(job, "tag", "disk0", &["disk0"]);
+        let err = run_job(&path, save, Duration::from_secs(30), &progress).await.expect_err("failed job");
+        assert_eq!(format!("{err:#}"), "snapshot-save: No space left");
+        assert_eq!(*seen.lock().unwrap_or_else(|e| e.into_inner()), [(1, 2)]);
     }
 }

@@ -228,11 +228,7 @@ impl VmManager {
     }
 
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_memory_mib: crate::host::memory_mib(),
-            max_cpus: crate::host::cpus(),
-            iso_roots: self.iso_roots.clone(),
-        }
+        Limits { iso_roots: self.iso_roots.clone() }
     }
 
     /// Fills what the client may leave out (NIC ids and MACs), then validates.
@@ -475,6 +471,7 @@ impl VmManager {
     pub(super) async fn start_locked(&self, vm: &VmRecord, loadvm: Option<String>) -> ApiResult<()> {
         let rt = self.rt(vm)?;
         self.require(vm, Op::Start).await?;
+        fits_this_host(&vm.spec)?;
         let _starting = self.phases.during(&vm.id, VmState::Starting);
         let mut config = self.run_config(vm).await?;
         config.launch.loadvm = loadvm;
@@ -709,6 +706,26 @@ impl VmManager {
             }
         }
     }
+}
+
+/// A VM may be defined bigger than this host (configs move between hosts); it starts only where it
+/// fits: no more vCPUs than the host has, no more memory than is free now.
+fn fits_this_host(spec: &VmSpec) -> ApiResult<()> {
+    let cpus = crate::host::cpus();
+    if spec.cpus > cpus {
+        return Err(ApiError::Conflict(format!(
+            "The VM has {} vCPUs and this host {cpus} CPUs: give it at most {cpus} (PUT /api/vms/{{id}})",
+            spec.cpus
+        )));
+    }
+    let free = crate::host::available_memory_mib();
+    if spec.memory > free {
+        return Err(ApiError::Conflict(format!(
+            "The VM needs {} MiB of memory and this host has {free} MiB free now: give it less, or stop other VMs",
+            spec.memory
+        )));
+    }
+    Ok(())
 }
 
 fn state_event(vm: &VmRecord, state: VmState, event: &str, last_error: Option<String>) -> VmStateEvent {
