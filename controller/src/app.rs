@@ -203,8 +203,9 @@ async fn docker_runtime(settings: &Settings, run_dirs: &RunDirs) -> anyhow::Resu
 }
 
 async fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManager> {
-    let accel = host::choose_accel(&settings.accel)?;
     let program = |name: &str| host::locate_program(None, name).unwrap_or_else(|| name.into());
+    let kvm = host::kvm_probe(&program(system::QEMU_BINARY)).await;
+    let (accel, accel_note) = host::choose_accel(&settings.accel, &kvm)?;
     let vmrunner =
         host::locate_program(settings.vmrunner.as_deref(), "vmrunner").unwrap_or_else(|| "vmrunner".into());
     let run_dirs = RunDirs { root: settings.run_dir() };
@@ -220,7 +221,7 @@ async fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManag
         None => process,
     };
     tracing::info!(accel = vms::manager::accel_name(accel), runtime = active.name(), "VM runtime ready");
-    Ok(VmManager::new(
+    let mut manager = VmManager::new(
         store,
         runtimes,
         active,
@@ -234,7 +235,9 @@ async fn vm_manager(settings: &Settings, store: Store) -> anyhow::Result<VmManag
         program(system::QEMU_BINARY),
         program("qemu-img"),
         program("swtpm"),
-    ))
+    );
+    manager.accel_note = accel_note;
+    Ok(manager)
 }
 
 pub fn router(state: AppState) -> Router {

@@ -6,8 +6,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use vmrunner::argv::Accel;
 
-use crate::system::find_in_path;
-
 /// A line of /proc/meminfo, in MiB.
 fn meminfo_mib(key: &str) -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
@@ -37,17 +35,105 @@ pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
-/// `FASTVM_ACCEL`: `kvm`, `tcg`, or `auto` (KVM when /dev/kvm is usable).
-pub fn choose_accel(setting: &str) -> anyhow::Result<Accel> {
+/// Whether QEMU really runs guests with KVM here: /dev/kvm opening is not enough (under some
+/// nested hypervisors QEMU with KVM and `-cpu host` aborts at once setting an MSR).
+#[derive(Debug, Clone)]
+pub struct KvmProbe {
+    pub usable: bool,
+    /// What was found, or why KVM cannot be used.
+    pub detail: String,
+}
+
+static KVM_PROBE: tokio::sync::OnceCell<KvmProbe> = tokio::sync::OnceCell::const_new();
+
+/// The probe's result, found once per process: a paused QEMU with KVM and the default CPU model
+/// (`host`), asked `query-kvm`, then told to quit.
+pub async fn kvm_probe(qemu: &Path) -> KvmProbe {
+    KVM_PROBE.get_or_init(|| probe_kvm(qemu.to_path_buf())).await.clone()
+}
+
+/// The probe's result if it ran (it runs when the controller starts).
+pub fn kvm_probed() -> Option<KvmProbe> {
+    KVM_PROBE.get().cloned()
+}
+
+async fn probe_kvm(qemu: PathBuf) -> KvmProbe {
+    let refused = |detail: String| KvmProbe { usable: false, detail };
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        return refused(format!("/dev/kvm: {e}"));
+    }
+    let Ok(dir) = tempfile::tempdir() else { return refused("no temporary directory for the probe".into()) };
+    let socket = dir.path().join("probe.sock");
+    let mut cmd = tokio::process::Command::new(&qemu);
+    cmd.args(["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "64", "-S", "-nodefaults"])
+        .args(["-no-user-config", "-display", "none", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return refused(format!("{}: {e}", qemu.display())),
+    };
+    let asked = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !socket.exists() {
+            if child.try_wait().ok().flatten().is_some() {
+                anyhow::bail!("QEMU exited");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut qmp = crate::qmp::Qmp::connect(&socket).await?;
+        let kvm = qmp.execute(&crate::qmp::Command::query_kvm()).await?;
+        let _ = qmp.execute(&crate::qmp::Command::quit()).await;
+        anyhow::Ok(kvm)
+    })
+    .await;
+    let answer = match asked {
+        Ok(Ok(kvm)) if kvm["enabled"] == true => {
+            let _ = child.wait().await;
+            return KvmProbe { usable: true, detail: "QEMU runs with KVM and -cpu host".into() };
+        }
+        Ok(Ok(kvm)) => format!("QEMU reports KVM {kvm}"),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(_) => "QEMU with KVM did not answer within 30 s".into(),
+    };
+    let _ = child.start_kill();
+    let stderr = match child.wait_with_output().await {
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or_default().to_string(),
+        Err(_) => String::new(),
+    };
+    refused(if stderr.is_empty() { answer } else { format!("{answer}: {stderr}") })
+}
+
+/// `FASTVM_ACCEL`: `kvm`, `tcg`, or `auto` (KVM when the probe found it working). With `auto` and no
+/// working KVM, the reason goes with TCG, for the VMs that run with it.
+pub fn choose_accel(setting: &str, kvm: &KvmProbe) -> anyhow::Result<(Accel, Option<String>)> {
     match setting.trim().to_ascii_lowercase().as_str() {
         "kvm" => {
-            anyhow::ensure!(kvm_usable(), "FASTVM_ACCEL=kvm but /dev/kvm is not usable");
-            Ok(Accel::Kvm)
+            anyhow::ensure!(kvm.usable, "FASTVM_ACCEL=kvm but KVM does not work here: {}", kvm.detail);
+            Ok((Accel::Kvm, None))
         }
-        "tcg" => Ok(Accel::Tcg),
-        "" | "auto" => Ok(if kvm_usable() { Accel::Kvm } else { Accel::Tcg }),
+        "tcg" => Ok((Accel::Tcg, None)),
+        "" | "auto" if kvm.usable => Ok((Accel::Kvm, None)),
+        "" | "auto" => {
+            let note =
+                format!("KVM does not work on this host ({}): running with TCG, much slower", kvm.detail);
+            tracing::warn!("{note}");
+            Ok((Accel::Tcg, Some(note)))
+        }
         other => anyhow::bail!("FASTVM_ACCEL must be auto, kvm or tcg, not {other:?}"),
     }
+}
+
+/// First executable called `name` on the PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
+    })
 }
 
 /// A program to run: an explicit path, else a file next to our own executable, else the PATH.

@@ -1,8 +1,6 @@
 //! The host's health: real checks of what running VMs depend on (QEMU, KVM, Docker, NAT
 //! isolation), for `GET /api/health`.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -65,25 +63,22 @@ pub struct SystemUser {
     pub kvm_access: bool,
 }
 
-/// First executable called `name` on the PATH.
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
-
 fn check_qemu() -> Check {
-    match find_in_path(QEMU_BINARY) {
+    match crate::host::find_in_path(QEMU_BINARY) {
         Some(p) => Check::ok(p.display().to_string()),
         None => Check::fail(format!("{QEMU_BINARY} not found on PATH")),
     }
 }
 
+/// What the start-up probe found (a QEMU with KVM really run), else whether the device opens.
 fn check_kvm() -> Check {
-    match std::fs::OpenOptions::new().read(true).write(true).open(KVM_DEVICE) {
-        Ok(_) => Check::ok(format!("{KVM_DEVICE} is usable")),
-        Err(e) => Check::fail(format!("{KVM_DEVICE}: {e}")),
+    match crate::host::kvm_probed() {
+        Some(p) if p.usable => Check::ok(p.detail),
+        Some(p) => Check::fail(p.detail),
+        None => match std::fs::OpenOptions::new().read(true).write(true).open(KVM_DEVICE) {
+            Ok(_) => Check::ok(format!("{KVM_DEVICE} opens (QEMU not tried yet)")),
+            Err(e) => Check::fail(format!("{KVM_DEVICE}: {e}")),
+        },
     }
 }
 

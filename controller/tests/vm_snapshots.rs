@@ -19,7 +19,7 @@ fn qemu_io(disk: &std::path::Path, cmd: &str) -> Result<String, String> {
 
 #[tokio::test]
 async fn offline_snapshot_restore_reverts_the_data() -> TestResult {
-    if controller::system::find_in_path("qemu-io").is_none() {
+    if controller::host::find_in_path("qemu-io").is_none() {
         assert!(std::env::var("CI").is_err(), "CI installs qemu-utils");
         return Ok(());
     }

@@ -39,6 +39,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub(super) fn view(state: &AppState, vm: &VmRecord) -> VmView {
     let mut v = VmView::from(vm);
     v.state = state.vms.shown(vm);
+    if vm.accel.as_deref() == Some("tcg") {
+        v.accel_note = state.vms.accel_note.clone();
+    }
     v.ip_addresses = state.metrics.guest_addresses(&vm.id);
     v
 }

@@ -35,6 +35,8 @@ pub struct VmManager {
     pub vms_dir: PathBuf,
     pub volumes_dir: PathBuf,
     pub accel: Accel,
+    /// Why VMs run with TCG although KVM was asked for (`FASTVM_ACCEL=auto` and no working KVM).
+    pub accel_note: Option<String>,
     pub iso_roots: Vec<PathBuf>,
     pub port_forward_bind: String,
     /// Host ports regular users may forward (admins: any).
@@ -114,6 +116,7 @@ impl VmManager {
             vms_dir,
             volumes_dir,
             accel,
+            accel_note: None,
             iso_roots,
             port_forward_bind,
             port_forward_range,

@@ -85,6 +85,8 @@ pub struct VmView {
     pub runtime: String,
     /// `kvm` or `tcg` for the current or last run.
     pub accel: Option<String>,
+    /// Why it ran with `tcg` when KVM was asked for (no working KVM on this host).
+    pub accel_note: Option<String>,
     /// Effective values (Windows VMs default both to true).
     pub secure_boot_enabled: bool,
     pub tpm_enabled: bool,
@@ -115,6 +117,7 @@ impl From<&VmRecord> for VmView {
             uuid: r.uuid.clone(),
             runtime: r.runtime.clone(),
             accel: r.accel.clone(),
+            accel_note: None,
             last_error: r.last_error.clone(),
             started_at: r.started_at.map(rfc3339),
             created_at: rfc3339(r.created_at),

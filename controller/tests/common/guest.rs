@@ -17,7 +17,7 @@ pub fn iso_path() -> PathBuf {
 pub fn guest_iso() -> Option<PathBuf> {
     let path = iso_path();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let qemu = controller::system::find_in_path("qemu-system-x86_64").is_some();
+    let qemu = controller::host::find_in_path("qemu-system-x86_64").is_some();
     if path.is_file() && qemu {
         return Some(path);
     }
