@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the setup scripts: install what is missing, start what is needed.
 # Sourced, not run.
 

@@ -11,6 +11,8 @@ ensure_dockerd
 ensure_rust
 ensure_chromium
 ensure_dashboard
+# The client tests' tools (curl, jq, shellcheck).
+ensure_packages curl jq shellcheck
 # The tiny guest every end-to-end test boots; rebuilt only when its inputs change.
 export FASTVM_TEST_GUEST_ISO="${FASTVM_TEST_GUEST_ISO:-/var/cache/fastvm/guest/fastvm-test-guest.iso}"
 log "test guest ISO ($FASTVM_TEST_GUEST_ISO)"
@@ -18,6 +20,8 @@ as_root bash tests/guest/build-test-guest.sh "$(dirname "$FASTVM_TEST_GUEST_ISO"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "shellcheck"
+shellcheck -x scripts/*.sh tests/clients/*.sh
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
@@ -51,6 +55,13 @@ trap 'rm -f "$out" "$ui"' EXIT
 ui_status=0
 cargo build -q --bin fastvm --bin vmrunner
 (cd frontend && node --test --test-reporter=tap tests/) 2>&1 | tee "$ui" || ui_status=$?
+
+# Clients of the API as operators write them: the brief's curl examples verbatim, and a client
+# generated from the OpenAPI document.
+for client in tests/clients/brief.sh tests/clients/python.sh; do
+  log "$client"
+  if bash "$client"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+done
 ui_passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 ui_failed=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 echo "browser screenshots: $FASTVM_SCREENSHOTS"
