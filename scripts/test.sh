@@ -21,7 +21,7 @@ as_root bash tests/guest/build-test-guest.sh "$(dirname "$FASTVM_TEST_GUEST_ISO"
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "shellcheck"
-shellcheck -x scripts/*.sh tests/clients/*.sh
+shellcheck -x install.sh scripts/*.sh tests/clients/*.sh tests/install/*.sh
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
@@ -62,6 +62,13 @@ for client in tests/clients/brief.sh tests/clients/python.sh; do
   log "$client"
   if bash "$client"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 done
+# install.sh for real: into /usr/local, /etc and /var/lib of this machine, then removed again.
+log "tests/install/run.sh"
+if as_root env FASTVM_BINARIES="$PWD/target/debug" bash tests/install/run.sh; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
 ui_passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 ui_failed=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 echo "browser screenshots: $FASTVM_SCREENSHOTS"

@@ -125,16 +125,28 @@ fn read_new_password(password_stdin: bool) -> anyhow::Result<String> {
     Ok(first)
 }
 
+/// Sets `user`'s password; on a data directory with no users yet (a fresh install), creates `user`
+/// as the first admin with it instead, so an installer never leaves an `admin`/`admin` behind.
 fn reset_password(user: &str, password_stdin: bool, settings: &Settings) -> anyhow::Result<()> {
     let db = settings.db_path();
-    anyhow::ensure!(db.exists(), "no database at {} (is --data-dir right?)", db.display());
+    let fresh = !db.exists();
+    anyhow::ensure!(
+        !fresh || settings.data_dir.is_dir(),
+        "no database at {} and no such data directory (is --data-dir right?)",
+        db.display()
+    );
     let store = Store::open(&db)?;
-    let username = user.to_string();
+    let (username, nobody) = (user.to_string(), fresh || store.call_blocking(|c| Ok(users::count(c)? == 0))?);
     let exists = store.call_blocking(|c| Ok(users::get(c, &username)?.is_some()))?;
-    anyhow::ensure!(exists, "no user called {user:?}");
+    anyhow::ensure!(exists || nobody, "no user called {user:?}");
     let password = read_new_password(password_stdin)?;
     passwords::validate_new("password", &password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let hash = bcrypt::hash(password, settings.bcrypt_cost)?;
+    if !exists {
+        store.call_blocking(|c| Ok(users::insert(c, user, &hash, true, false, now_unix())?))?;
+        println!("Created {user}, the first admin, with that password.");
+        return Ok(());
+    }
     store.call_blocking(|c| {
         users::set_password(c, user, &hash, false, None, now_unix())?;
         audit::insert(
