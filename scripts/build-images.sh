@@ -52,10 +52,19 @@ rm -rf dist && mkdir -p dist
 cp "target/$profile/vmrunner" dist/
 [ "$controller" = 1 ] && cp "target/$profile/fastvm" dist/
 
-log "docker build fastvm/vmrunner (base $base)"
-docker build -q --build-arg BASE="$base" --target vmrunner-prebuilt -t fastvm/vmrunner:latest . >/dev/null
+# Builds image $1 from target $2; the image it replaces goes (unless a container still uses it), so
+# rebuilds do not pile up untagged images of half a gigabyte each.
+build_image() {
+  local old
+  old=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true)
+  log "docker build $1 (base $base)"
+  docker build -q --build-arg BASE="$base" --target "$2" -t "$1" . >/dev/null
+  if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$1")" ]; then
+    docker image rm "$old" >/dev/null 2>&1 || true
+  fi
+}
+build_image fastvm/vmrunner:latest vmrunner-prebuilt
 if [ "$controller" = 1 ]; then
-  log "docker build fastvm/controller"
-  docker build -q --build-arg BASE="$base" --target controller-prebuilt -t fastvm/controller:latest . >/dev/null
+  build_image fastvm/controller:latest controller-prebuilt
 fi
 log "images ready"
