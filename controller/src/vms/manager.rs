@@ -523,8 +523,7 @@ impl VmManager {
         if pause {
             self.phases.set(id, VmState::Paused);
         } else {
-            self.phases.ended(id);
-            self.watch(&held.vm);
+            self.phases.resumed(id);
         }
         self.emit(
             &held.vm,

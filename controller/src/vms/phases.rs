@@ -86,6 +86,11 @@ impl Phases {
         if let Some(w) = self.watchers().remove(id) {
             w.abort();
         }
+        self.resumed(id);
+    }
+
+    /// The guest runs again (its watcher stays).
+    pub fn resumed(&self, id: &str) {
         let mut now = self.now();
         if now.get(id) == Some(&VmState::Paused) {
             now.remove(id);
