@@ -21,7 +21,7 @@ as_root bash tests/guest/build-test-guest.sh "$(dirname "$FASTVM_TEST_GUEST_ISO"
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "shellcheck"
-shellcheck -x install.sh scripts/*.sh tests/clients/*.sh tests/install/*.sh tests/compose/*.sh
+shellcheck -x install.sh scripts/*.sh tests/clients/*.sh tests/install/*.sh tests/compose/*.sh tests/quickstart/*.sh
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
@@ -72,6 +72,9 @@ fi
 # docker compose, offline, end to end (a guest booted in the docker runtime, nothing left after down).
 log "tests/compose/run.sh"
 if bash tests/compose/run.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+# The README's first Quick start command (a release build, then the dashboard on its own port).
+log "tests/quickstart/run.sh"
+if bash tests/quickstart/run.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 ui_passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 ui_failed=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 echo "browser screenshots: $FASTVM_SCREENSHOTS"
