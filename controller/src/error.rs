@@ -35,6 +35,9 @@ pub enum ApiError {
     TooManyRequests { detail: String, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The data disk is full (507): the operator must free space; nothing was left half-made.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// An operation on a VM or host resource failed for a reason the operator must see (QEMU's own
     /// words, a missing bridge...).
     #[error("{0}")]
@@ -59,11 +62,29 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Operation(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(e) if disk_full(e) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
+
+/// Whether `e` comes from a full disk (or quota) anywhere in its chain: a file write, or SQLite's own.
+fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io = cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
+        let sqlite = cause.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code);
+        matches!(io, Some(ENOSPC | EDQUOT)) || sqlite == Some(rusqlite::ErrorCode::DiskFull)
+    })
+}
+
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+/// What a full disk answers: no internals, and what to do.
+const DISK_FULL: &str =
+    "No space left on the data disk: free some (old backups, ISOs, unused volumes) and try again";
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
@@ -75,6 +96,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let detail = match &self {
+            ApiError::Internal(e) if disk_full(e) => {
+                tracing::error!(error = ?e, "the data disk is full");
+                DISK_FULL.to_string()
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 "Internal server error".to_string()
@@ -165,6 +190,7 @@ mod tests {
                 StatusCode::TOO_MANY_REQUESTS,
             ),
             (ApiError::Unavailable("later".into()), StatusCode::SERVICE_UNAVAILABLE),
+            (ApiError::InsufficientStorage("full".into()), StatusCode::INSUFFICIENT_STORAGE),
             (ApiError::Operation("QEMU said no".into()), StatusCode::INTERNAL_SERVER_ERROR),
         ];
         for (error, status) in cases {
@@ -186,5 +212,25 @@ mod tests {
         assert!(h.authenticate, "401 says how to authenticate");
         let (_, h, _) = answer(ApiError::NotFound("gone".into())).await;
         assert!(!h.authenticate && h.retry_after.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_a_507_that_says_what_to_do_and_no_more() {
+        let full = anyhow::Error::from(std::io::Error::from_raw_os_error(28)).context("writing /secret/path");
+        let (status, _, detail) = answer(ApiError::Internal(full)).await;
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(
+            detail.starts_with("No space left on the data disk") && !detail.contains("secret"),
+            "{detail}"
+        );
+        let quota = anyhow::Error::from(std::io::Error::from_raw_os_error(122));
+        assert_eq!(answer(ApiError::Internal(quota)).await.0, StatusCode::INSUFFICIENT_STORAGE);
+        let sqlite = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        assert_eq!(answer(ApiError::from(sqlite)).await.0, StatusCode::INSUFFICIENT_STORAGE);
+        let other = anyhow::Error::from(std::io::Error::from_raw_os_error(5));
+        assert_eq!(answer(ApiError::Internal(other)).await.0, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
