@@ -1,5 +1,6 @@
-//! Copy-on-write clones: isolated writes both ways (qemu-io patterns), the source deletable while
-//! the clone lives on and boots, and shared bases removed once unused.
+//! Clones: copy-on-write ones isolated both ways (qemu-io patterns), the source deletable while the
+//! clone lives on and boots, shared bases removed once unused; a source with snapshots cloned as a
+//! full copy of its current state.
 
 mod common;
 
@@ -89,7 +90,7 @@ async fn clones_are_isolated_outlive_their_source_and_boot() -> TestResult {
 }
 
 #[tokio::test]
-async fn bad_names_and_vms_with_snapshots_are_not_cloned() -> TestResult {
+async fn bad_names_are_refused_and_a_vm_with_snapshots_is_cloned_in_full() -> TestResult {
     let s = TestServer::start().await;
     let admin = s.admin_token().await;
     let (_, body) =
@@ -97,9 +98,43 @@ async fn bad_names_and_vms_with_snapshots_are_not_cloned() -> TestResult {
     let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
     let (status, body) = s.post(&format!("/api/vms/{id}/clone"), &admin, json!({"name": "bad;name"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    s.post(&format!("/api/vms/{id}/snapshots"), &admin, json!({"name": "keep"})).await;
+    assert_eq!(s.get("/api/vms", &admin).await.1.as_array().map(Vec::len), Some(1), "nothing made");
+
+    // A snapshot lives in the source's disk, which therefore cannot become a shared base: the
+    // clone is a full copy of the disk as it is now, without the snapshot.
+    let src_disk = s.data_dir.path().join("vms").join(&id).join("disk0.qcow2");
+    let (status, body) = s.post(&format!("/api/vms/{id}/snapshots"), &admin, json!({"name": "keep"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    qemu_io(&src_disk, "write -P 0x5a 1M 2M")?;
     let (status, body) = s.post(&format!("/api/vms/{id}/clone"), &admin, json!({"name": "c"})).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(s.get("/api/vms", &admin).await.1.as_array().map(Vec::len), Some(1));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("full copy")),
+        "the answer says which: {body}"
+    );
+    let clone = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let clone_disk = s.data_dir.path().join("vms").join(&clone).join("disk0.qcow2");
+    qemu_io(&clone_disk, "read -P 0x5a 1M 2M")?;
+    let info = |disk: &std::path::Path| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let out = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(disk).output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let copied = info(&clone_disk)?;
+    assert!(copied["snapshots"].as_array().is_none_or(|l| l.is_empty()), "no snapshot copied: {copied}");
+    assert!(copied["backing-filename"].is_null(), "a standalone disk: {copied}");
+    let kept = info(&src_disk)?;
+    assert_eq!(kept["snapshots"].as_array().map(Vec::len), Some(1), "the source keeps its snapshot");
+    assert!(
+        !s.data_dir.path().join("base").exists()
+            || std::fs::read_dir(s.data_dir.path().join("base"))?.count() == 0
+    );
+    // Each goes its own way.
+    qemu_io(&clone_disk, "write -P 0x77 1M 64k")?;
+    qemu_io(&src_disk, "read -P 0x5a 1M 64k")?;
+    let (_, jobs) = s.get("/api/jobs", &admin).await;
+    let job = jobs.as_array().and_then(|l| l.iter().find(|j| j["kind"] == "clone")).ok_or("clone job")?;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(job["bytes_total"].as_u64().is_some_and(|t| t > 2 << 20), "progress in bytes copied: {job}");
+    assert_eq!(job["bytes_done"], job["bytes_total"], "{job}");
     Ok(())
 }

@@ -289,7 +289,7 @@ test('an admin signs in, changes the password, creates, starts, watches and dele
   await item.waitFor({ state: 'detached' });
   assert.equal((await api('GET', '/api/backups', token)).body.length, 0);
 
-  // A VM with snapshots cannot be cloned: this one is dropped again.
+  // The snapshot goes again (a clone of a VM with snapshots is a full copy; this one is copy-on-write).
   await page.locator('li[data-snapshot="first"]').getByRole('button', { name: 'Delete' }).click();
   await page.locator('li[data-snapshot="first"]').waitFor({ state: 'detached', timeout: 60000 });
   assert.deepEqual((await api('GET', `/api/vms/${vm.id}/snapshots`, token)).body, []);

@@ -19,6 +19,7 @@ use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::http::Message;
 use crate::runtime::StopMode;
 use crate::state::AppState;
+use crate::vms::clone::CloneKind;
 use crate::vms::model::{VmActionResponse, VmRecord, VmView};
 use crate::vms::store;
 
@@ -308,15 +309,16 @@ pub struct CloneRequest {
     pub cpus: Option<u32>,
 }
 
-/// Clone a stopped VM (copy-on-write: instant whatever the disk size). The clone gets new MACs, a
-/// copy of the UEFI variables, a fresh TPM, and no port forwards.
+/// Clone a stopped VM: copy-on-write (instant whatever the disk size), or, when the source has
+/// snapshots, a full copy of its current state (a job with progress); the message says which. The
+/// clone gets new MACs, a copy of the UEFI variables, a fresh TPM, and no port forwards.
 #[utoipa::path(post, path = "/api/vms/{vm_id}/clone", tag = "vms", security(("bearer" = [])),
     params(("vm_id" = String, Path)), request_body = CloneRequest,
     responses(
         (status = 200, body = VmActionResponse),
         (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "Running, or has snapshots", body = ErrorBody),
+        (status = 409, description = "Running", body = ErrorBody),
     ))]
 async fn clone_vm(
     State(state): State<AppState>,
@@ -329,15 +331,19 @@ async fn clone_vm(
     state.vms.owned(&user, &vm_id).await?;
     let (vms, source, owner, is_admin) =
         (state.vms.clone(), vm_id.clone(), user.username.clone(), user.is_admin);
-    let vm = state
+    let (vm, kind) = state
         .jobs
         .run("clone", Some(&vm_id), &user.username, move |progress| async move {
-            progress.phase("cloning");
-            let vm = vms.clone_vm(&source, req.name, req.memory, req.cpus, &owner, is_admin).await?;
+            let (vm, kind) =
+                vms.clone_vm(&source, req.name, req.memory, req.cpus, &owner, is_admin, &progress).await?;
             let id = vm.id.clone();
-            Ok((vm, Some(id)))
+            Ok(((vm, kind), Some(id)))
         })
         .await?;
     audit.details(&vm.id);
-    Ok(respond(&state, format!("VM cloned as {}", vm.spec.name), &vm))
+    let how = match kind {
+        CloneKind::CopyOnWrite => "copy-on-write",
+        CloneKind::Flattened => "a full copy of its current state: the source has snapshots",
+    };
+    Ok(respond(&state, format!("VM cloned as {} ({how})", vm.spec.name), &vm))
 }

@@ -1,8 +1,12 @@
-//! Copy-on-write clones. The source's disk is frozen as a read-only base image (a rename: O(1) in
-//! the disk's size) and the source and the clone each get an empty overlay on it, so neither ever sees
-//! the other's writes. Bases are removed once no disk stacks on them any more.
+//! Clones. Copy-on-write where it can be: the source's disk is frozen as a read-only base image (a
+//! rename: O(1) in the disk's size) and the source and the clone each get an empty overlay on it, so
+//! neither ever sees the other's writes; bases are removed once no disk stacks on them any more. A
+//! source with snapshots keeps its disk (the snapshots live in it): the clone gets a full, flattened
+//! copy of its current state instead.
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rusqlite::params;
 use vmrunner::VmSpec;
@@ -13,7 +17,22 @@ use super::manager::VmManager;
 use super::model::VmRecord;
 use super::store;
 use crate::error::{ApiError, ApiResult};
+use crate::jobs::Progress;
 use crate::storage;
+
+/// How a clone got its disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneKind {
+    /// An overlay on the source's frozen disk: instant whatever its size.
+    CopyOnWrite,
+    /// A full copy of the current state (the source has snapshots): takes as long as the data.
+    Flattened,
+}
+
+/// Bytes a file takes on disk (what a copy has to write).
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
 
 impl VmManager {
     fn base_dir(&self) -> PathBuf {
@@ -55,6 +74,7 @@ impl VmManager {
 
     /// Clones a stopped VM: new id, name, MACs and TPM; copied UEFI variables; no port forwards (their
     /// host ports belong to the source); attached volumes stay with the source.
+    #[allow(clippy::too_many_arguments)]
     pub async fn clone_vm(
         &self,
         source_id: &str,
@@ -63,7 +83,8 @@ impl VmManager {
         cpus: Option<u32>,
         owner: &str,
         is_admin: bool,
-    ) -> ApiResult<VmRecord> {
+        progress: &Progress,
+    ) -> ApiResult<(VmRecord, CloneKind)> {
         let _guard = self.lock(source_id).await;
         let source = self.get(source_id).await?;
         self.require(&source, Op::Clone).await?;
@@ -76,12 +97,7 @@ impl VmManager {
                 })?)
             })
             .await?;
-        if snapshots > 0 {
-            return Err(ApiError::Conflict(
-                "The VM has snapshots; delete them before cloning (a clone shares the disk as it is now)"
-                    .into(),
-            ));
-        }
+        let kind = if snapshots > 0 { CloneKind::Flattened } else { CloneKind::CopyOnWrite };
         let mut spec: VmSpec = source.spec.clone();
         spec.name = name;
         spec.memory = memory.unwrap_or(spec.memory);
@@ -96,7 +112,17 @@ impl VmManager {
         let clone_id = crate::vms::manager::new_id();
         let clone_dir = self.vms_dir.join(&clone_id);
         std::fs::create_dir_all(&clone_dir).map_err(anyhow::Error::from)?;
-        let result = self.share_disk(source_id, &clone_id).await;
+        let result = match kind {
+            CloneKind::CopyOnWrite => {
+                progress.phase("cloning (copy-on-write)");
+                self.share_disk(source_id, &clone_id).await
+            }
+            CloneKind::Flattened => {
+                progress
+                    .phase("copying the disk (the source has snapshots: a full copy of its current state)");
+                self.copy_disk(source_id, &clone_id, progress).await
+            }
+        };
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&clone_dir);
             return Err(e);
@@ -113,7 +139,50 @@ impl VmManager {
             let _ = std::fs::remove_dir_all(&clone_dir);
             return Err(e);
         }
-        Ok(record)
+        Ok((record, kind))
+    }
+
+    /// Copies the source's disk as it is now into the clone's, its snapshots left out and any base
+    /// it stacks on (ours only, checked first) folded in. Progress: bytes written of the source's.
+    async fn copy_disk(&self, source_id: &str, clone_id: &str, progress: &Progress) -> ApiResult<()> {
+        let source_disk = self.disk_of(source_id);
+        if !source_disk.exists() {
+            return Ok(()); // never started: the clone gets its own empty disk at first start
+        }
+        let bases = self.disk_bases(source_id).await?;
+        let total = allocated(&source_disk) + bases.iter().map(|b| allocated(b)).sum::<u64>();
+        let target = self.disk_of(clone_id);
+        let partial = target.with_extension("qcow2.partial");
+        let mut cmd = tokio::process::Command::new(&self.qemu_img);
+        cmd.args(["convert", "-O", "qcow2"])
+            .arg(storage::qcow2_image(&source_disk, bases.is_empty()))
+            .arg(&partial)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| ApiError::Operation(format!("running qemu-img convert: {e}")))?;
+        let done = child.wait_with_output();
+        tokio::pin!(done);
+        let out = loop {
+            tokio::select! {
+                out = &mut done => break out,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    progress.bytes(allocated(&partial).min(total), total, 0.0, 1.0);
+                }
+            }
+        };
+        let failed = |why: String| {
+            let _ = std::fs::remove_file(&partial);
+            ApiError::Operation(format!("copying the disk: {why}"))
+        };
+        let out = out.map_err(|e| failed(e.to_string()))?;
+        if !out.status.success() {
+            return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        std::fs::rename(&partial, &target).map_err(|e| failed(e.to_string()))?;
+        progress.bytes_now(total, total, 0.0, 1.0);
+        Ok(())
     }
 
     /// Freezes the source disk as a base and stacks an overlay for each VM on it; puts everything

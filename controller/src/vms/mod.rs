@@ -4,7 +4,7 @@
 //! Ownership: a regular user sees and acts on their own VMs only (others answer 404, as if absent);
 //! admins see all and may hand a VM to another user.
 
-mod clone;
+pub mod clone;
 pub mod guest;
 pub mod held;
 pub mod lifecycle;
