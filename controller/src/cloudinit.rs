@@ -170,7 +170,7 @@ pub async fn create_seed_iso(
     req: CloudInitRequest,
 ) -> ApiResult<std::path::PathBuf> {
     let hostname = req.hostname.clone();
-    let instance_id = format!("fastvm-{}", crate::vms::manager::new_id());
+    let instance_id = format!("fastvm-{}", crate::store::new_id());
     let (user_data, meta_data, network_config) = seed_files(req, &instance_id)?;
     let work = tempfile::tempdir().context("creating a work directory")?;
     for (name, content) in

@@ -89,7 +89,7 @@ impl Jobs {
     /// Registers a running job and returns the handle its work reports through.
     pub fn begin(self: &Arc<Self>, kind: &str, vm_id: Option<&str>, owner: &str) -> JobHandle {
         let job = Job {
-            id: crate::vms::manager::new_id(),
+            id: crate::store::new_id(),
             kind: kind.into(),
             vm_id: vm_id.map(String::from),
             state: JobState::Running,

@@ -174,7 +174,7 @@ async fn take_backup(
 ) -> ApiResult<Backup> {
     let held = ctx.vms.enter(vm_id, Op::Backup).await?;
     let vm = held.vm.clone();
-    let id = crate::vms::manager::new_id();
+    let id = crate::store::new_id();
     let backups_dir = ctx.dir.clone();
     let work =
         tempfile::Builder::new().prefix(".backup-").tempdir_in(&backups_dir).context("work directory")?;
@@ -460,7 +460,7 @@ async fn restore_volumes(
                 }
                 // The original id when it is free (the volume was deleted), so restoring the same
                 // backup again replaces this volume instead of adding another.
-                let id = if current.is_none() { a.id.clone() } else { crate::vms::manager::new_id() };
+                let id = if current.is_none() { a.id.clone() } else { crate::store::new_id() };
                 let path = dir.join(format!("{id}.{}", a.format.as_str()));
                 volumes::insert(
                     &tx,
@@ -549,7 +549,7 @@ async fn restore_as_new(
     spec: VmSpec,
     staging: &Path,
 ) -> ApiResult<VmRecord> {
-    let id = crate::vms::manager::new_id();
+    let id = crate::store::new_id();
     // Volumes wait in the staging directory until the VM they attach to exists.
     let volumes_staging = tempfile::Builder::new()
         .prefix(".restore-volumes-")
@@ -587,7 +587,7 @@ async fn restore_upload(
     // Checked before the upload is kept: a refused archive leaves nothing behind.
     let name = new_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| manifest.vm_name.clone());
     let spec = restored_spec(ctx, user, &manifest, name, true).await?;
-    let id = crate::vms::manager::new_id();
+    let id = crate::store::new_id();
     let stamp = now_unix();
     let backups_dir = ctx.dir.clone();
     let target = backups_dir.join(format!("fastvm-{}-{stamp}-{id}.tar.zst", slug(&manifest.vm_name)));

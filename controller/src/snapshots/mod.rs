@@ -216,7 +216,7 @@ pub async fn take(vms: &VmManager, vm_id: &str, req: &CreateSnapshot) -> ApiResu
         return Err(ApiError::Conflict(format!("name: this VM already has a snapshot called {}", req.name)));
     }
     let disks = disks(vms, vm).await?;
-    let id = crate::vms::manager::new_id();
+    let id = crate::store::new_id();
     let tag = format!("fastvm-{id}");
     let live = held.live();
     if live {

@@ -80,3 +80,9 @@ pub fn rfc3339(unix: i64) -> String {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
 }
+
+/// A short random id (12 hex digits) for VMs, volumes, snapshots, backups and jobs: short enough to
+/// keep unix socket paths under their 108-byte limit.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}

@@ -109,7 +109,7 @@ impl VmManager {
         self.check_rules(&spec, None, owner, is_admin).await?;
         self.normalize(&mut spec)?;
         self.check_quota(owner, crate::quotas::store::of_vm(&spec)).await?;
-        let clone_id = crate::vms::manager::new_id();
+        let clone_id = crate::store::new_id();
         let clone_dir = self.vms_dir.join(&clone_id);
         std::fs::create_dir_all(&clone_dir).map_err(anyhow::Error::from)?;
         let result = match kind {

@@ -23,7 +23,7 @@ use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult};
 use crate::quotas::store as quotas;
 use crate::runtime::{RunDirs, Runtime, StopMode, tail};
-use crate::store::{Store, now_unix};
+use crate::store::{Store, new_id, now_unix};
 
 pub struct VmManager {
     pub store: Store,
@@ -78,12 +78,6 @@ pub fn accel_name(a: Accel) -> &'static str {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
     }
-}
-
-/// A short random id (12 hex digits) for VMs, volumes, snapshots and backups: short enough to keep
-/// unix socket paths under their 108-byte limit.
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 fn random_mac() -> String {

@@ -59,7 +59,7 @@ pub async fn create(vms: &VmManager, owner: &str, req: CreateVolume) -> ApiResul
     if !(1..=MAX_DISK_GB).contains(&req.size_gb) {
         return Err(ApiError::BadRequest(format!("size_gb: must be 1 to {MAX_DISK_GB}")));
     }
-    let id = crate::vms::manager::new_id();
+    let id = crate::store::new_id();
     let path = vms.volumes_dir.join(format!("{id}.{}", req.format.as_str()));
     crate::storage::create_image(&vms.qemu_img, &path, req.format.as_str(), req.size_gb).await?;
     let (i, name, owner, p) = (id.clone(), req.name.clone(), owner.to_string(), path.display().to_string());
