@@ -12,7 +12,7 @@ ensure_rust
 ensure_chromium
 ensure_dashboard
 # The client tests' tools (curl, jq, shellcheck).
-ensure_packages curl jq shellcheck
+ensure_packages curl jq shellcheck wrk
 # The tiny guest every end-to-end test boots; rebuilt only when its inputs change.
 export FASTVM_TEST_GUEST_ISO="${FASTVM_TEST_GUEST_ISO:-/var/cache/fastvm/guest/fastvm-test-guest.iso}"
 log "test guest ISO ($FASTVM_TEST_GUEST_ISO)"
@@ -21,7 +21,7 @@ as_root bash tests/guest/build-test-guest.sh "$(dirname "$FASTVM_TEST_GUEST_ISO"
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "shellcheck"
-shellcheck -x install.sh scripts/*.sh tests/clients/*.sh tests/install/*.sh tests/compose/*.sh tests/quickstart/*.sh
+shellcheck -x install.sh scripts/*.sh tests/clients/*.sh tests/install/*.sh tests/compose/*.sh tests/quickstart/*.sh tests/api/*.sh fuzz/*.sh
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
@@ -62,6 +62,18 @@ for client in tests/clients/brief.sh tests/clients/python.sh; do
   log "$client"
   if bash "$client"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 done
+# Hardening: schemathesis over every operation of the document (no 5xx, every answer as documented),
+# the list under 200 connections with 1000 VMs (no error), and the cargo-fuzz targets.
+log "tests/api/fuzz.sh"
+if bash tests/api/fuzz.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+log "tests/bench/api_load.py --check"
+if FASTVM_BIN=$PWD/target/debug/fastvm python3 tests/bench/api_load.py --check --seconds 5; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
+log "fuzz/run.sh"
+if bash fuzz/run.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 # install.sh for real: into /usr/local, /etc and /var/lib of this machine, then removed again.
 log "tests/install/run.sh"
 if as_root env FASTVM_BINARIES="$PWD/target/debug" bash tests/install/run.sh; then

@@ -72,6 +72,7 @@ fn api() -> (Router<AppState>, OpenApiDoc) {
     let (router, mut doc) =
         OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::api::routes()).split_for_parts();
     crate::api::describe_responses(&mut doc);
+    crate::api::open_flattened_requests(&mut doc);
     (router, doc)
 }
 

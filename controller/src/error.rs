@@ -63,6 +63,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Operation(m) if says_disk_full(m) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Operation(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal(e) if disk_full(e) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,13 +71,25 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 507 saying what to do, and `why` (e.g. how much was needed).
+    pub fn disk_full_because(why: impl std::fmt::Display) -> ApiError {
+        ApiError::InsufficientStorage(format!("{DISK_FULL} ({why})"))
+    }
+}
+
 /// Whether `e` comes from a full disk (or quota) anywhere in its chain: a file write, or SQLite's own.
-fn disk_full(e: &anyhow::Error) -> bool {
+pub fn disk_full(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         let io = cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
         let sqlite = cause.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code);
         matches!(io, Some(ENOSPC | EDQUOT)) || sqlite == Some(rusqlite::ErrorCode::DiskFull)
     })
+}
+
+/// Whether a tool's own words (qemu-img, QEMU) say the disk is full: its errno is gone by then.
+fn says_disk_full(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("Disk quota exceeded")
 }
 
 const ENOSPC: i32 = 28;
@@ -104,6 +117,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = ?e, "internal error");
                 "Internal server error".to_string()
             }
+            ApiError::Operation(m) if says_disk_full(m) => format!("{DISK_FULL} ({m})"),
             other => other.to_string(),
         };
         let mut response = (status, Json(ErrorBody { detail })).into_response();
@@ -230,6 +244,15 @@ mod tests {
             Some("database or disk is full".into()),
         );
         assert_eq!(answer(ApiError::from(sqlite)).await.0, StatusCode::INSUFFICIENT_STORAGE);
+        let tool = ApiError::Operation(
+            "copying the disk: qemu-img: error while writing: No space left on device".into(),
+        );
+        let (status, _, detail) = answer(tool).await;
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(
+            detail.starts_with("No space left on the data disk") && detail.contains("qemu-img"),
+            "{detail}"
+        );
         let other = anyhow::Error::from(std::io::Error::from_raw_os_error(5));
         assert_eq!(answer(ApiError::Internal(other)).await.0, StatusCode::INTERNAL_SERVER_ERROR);
     }

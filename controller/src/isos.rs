@@ -80,10 +80,28 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn too_large(limit: u64) -> ApiError {
-    ApiError::PayloadTooLarge(format!(
-        "file: larger than the {limit} bytes allowed (FASTVM_MAX_ISO_GB, and the free space)"
-    ))
+/// How much an upload may bring, and whether the free space or the configured maximum says so.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimit {
+    pub bytes: u64,
+    pub by_space: bool,
+}
+
+impl UploadLimit {
+    /// An upload over the limit: 413 for the configured maximum, 507 for a disk too full.
+    pub fn refuse(self) -> ApiError {
+        if self.by_space {
+            ApiError::disk_full_because(format!(
+                "the upload is larger than the {} MiB free",
+                self.bytes >> 20
+            ))
+        } else {
+            ApiError::PayloadTooLarge(format!(
+                "file: larger than the {} bytes allowed (FASTVM_MAX_ISO_GB)",
+                self.bytes
+            ))
+        }
+    }
 }
 
 fn resolves_to(iso: Option<&str>, target: &Path) -> bool {
@@ -104,9 +122,10 @@ pub async fn visible_to(settings: &Settings, store: &Store, user: &SessionUser) 
 }
 
 /// The largest upload accepted now: `FASTVM_MAX_ISO_GB`, and no more than the free space.
-pub fn upload_limit(settings: &Settings) -> ApiResult<u64> {
+pub fn upload_limit(settings: &Settings) -> ApiResult<UploadLimit> {
     let room = crate::storage::room_for(&settings.data_dir.join("images"))?;
-    Ok(room.min(settings.max_iso_gb.saturating_mul(1 << 30)))
+    let max = settings.max_iso_gb.saturating_mul(1 << 30);
+    Ok(UploadLimit { bytes: room.min(max), by_space: room < max })
 }
 
 /// What an upload into the library needs.
@@ -125,7 +144,7 @@ impl Upload<'_> {
         name: &str,
         owner: &str,
         total: u64,
-        limit: u64,
+        limit: UploadLimit,
         mut chunks: impl Stream<Item = Result<Bytes, E>> + Unpin,
     ) -> ApiResult<IsoInfo> {
         check_name(name)?;
@@ -144,8 +163,8 @@ impl Upload<'_> {
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
                 size += chunk.len() as u64;
-                if size > limit {
-                    return Err(too_large(limit));
+                if size > limit.bytes {
+                    return Err(limit.refuse());
                 }
                 file.write_all(&chunk).await.context("writing the upload")?;
                 progress.bytes(size, total.max(size), 0.0, 1.0);

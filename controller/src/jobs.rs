@@ -163,7 +163,7 @@ impl Jobs {
 }
 
 pub fn may_see(user: &SessionUser, job: &Job) -> bool {
-    user.is_admin || job.owner == user.username
+    user.may_see(&job.owner)
 }
 
 /// Least time between two byte-progress updates: listeners want a moving bar, not thousands of

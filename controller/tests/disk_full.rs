@@ -78,3 +78,160 @@ async fn a_full_data_disk_answers_507_and_recovers_by_itself() -> TestResult {
     assert_eq!(health["checks"]["database"]["ok"], true, "{health}");
     Ok(())
 }
+
+/// Fills `dir`'s file system but for `leave` bytes; the filler is removed to give the room back.
+fn fill(dir: &std::path::Path, leave: u64) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler)?;
+    let block = vec![0u8; 1 << 16];
+    while free_bytes(dir)? > leave + block.len() as u64 {
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    Ok(filler)
+}
+
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Bytes the files under `dir` take on disk, the database's own files aside.
+fn used_outside_database(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    files_under(dir)
+        .iter()
+        .filter(|f| !f.contains("fastvm.db"))
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Long work that writes a lot (a backup, a restore, the full copy of a VM with snapshots, an ISO
+/// upload of unknown size) runs into a full disk: 507 with the reason, the source intact, the
+/// partial file gone and its space given back; with room again, each succeeds.
+#[tokio::test]
+async fn long_work_that_fills_the_disk_is_refused_whole_and_gives_the_space_back() -> TestResult {
+    let data = tempfile::tempdir()?;
+    let Some(_tmpfs) = Tmpfs::mount(data.path(), "384m") else {
+        assert!(std::env::var("CI").is_err(), "CI runs as root, where a tmpfs can be mounted");
+        eprintln!("SKIPPED: cannot mount a tmpfs (not root)");
+        return Ok(());
+    };
+    let s = TestServer::start_in(data, |_| {}).await;
+    let admin = s.admin_token().await;
+    let root = s.data_dir.path().to_path_buf();
+    let (status, body) =
+        s.post("/api/vms", &admin, json!({"name": "full", "memory": 256, "cpus": 1, "disk_size": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let vm = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    // 12 MiB of incompressible data on its disk, and a snapshot: a clone must copy it all.
+    let disk = root.join("vms").join(&vm).join("disk0.qcow2");
+    std::fs::create_dir_all(root.join("vms").join(&vm))?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let random: Vec<u8> = (0..12u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let raw = root.join("random.raw");
+    std::fs::write(&raw, &random)?;
+    for args in [vec!["convert", "-f", "raw", "-O", "qcow2"], vec!["resize", "-q"]] {
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(&args);
+        if args[0] == "convert" {
+            cmd.arg(&raw).arg(&disk);
+        } else {
+            cmd.arg(&disk).arg("1G");
+        }
+        let out = cmd.output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::remove_file(&raw)?;
+    let (status, body) = s.post(&format!("/api/vms/{vm}/snapshots"), &admin, json!({"name": "s1"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        s.call(reqwest::Method::POST, &format!("/api/vms/{vm}/backup"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let backup = body["id"].as_str().ok_or("backup id")?.to_string();
+    let disk_before = std::fs::read(&disk)?;
+
+    let filler = fill(&root, 4 << 20)?;
+    let files = files_under(&root);
+    let used = used_outside_database(&root);
+    let iso_stream = || {
+        let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![0x5au8; 1 << 20]));
+        let part =
+            reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(futures::stream::iter(chunks)));
+        reqwest::multipart::Form::new().part("file", part.file_name("big.iso"))
+    };
+    let attempts: Vec<(&str, StatusCode, serde_json::Value)> = vec![
+        {
+            let (status, body) =
+                s.call(reqwest::Method::POST, &format!("/api/vms/{vm}/backup"), Some(&admin), None).await;
+            ("backup", status, body)
+        },
+        {
+            let (status, body) = s
+                .post(&format!("/api/backups/{backup}/restore"), &admin, json!({"new_name": "restored"}))
+                .await;
+            ("restore", status, body)
+        },
+        {
+            let (status, body) =
+                s.post(&format!("/api/vms/{vm}/clone"), &admin, json!({"name": "copy"})).await;
+            ("clone", status, body)
+        },
+        {
+            let r =
+                s.client.post(s.url("/api/isos")).bearer_auth(&admin).multipart(iso_stream()).send().await?;
+            let status = r.status();
+            ("iso upload", status, r.json().await.unwrap_or_default())
+        },
+    ];
+    for (what, status, body) in &attempts {
+        assert_eq!(*status, StatusCode::INSUFFICIENT_STORAGE, "{what} on a full disk: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with("No space left"), "{what}: {body}");
+    }
+    assert_eq!(files_under(&root), files, "a refused operation left a file behind");
+    // The database grows by its audit and job rows; every other byte is as it was.
+    assert_eq!(used_outside_database(&root), used, "the partial files' space was given back");
+    assert_eq!(std::fs::read(&disk)?, disk_before, "the source disk is intact");
+    let (_, vms) = s.get("/api/vms", &admin).await;
+    assert_eq!(vms.as_array().map(Vec::len), Some(1), "no half-made VM: {vms}");
+    let (_, backups) = s.get("/api/backups", &admin).await;
+    assert_eq!(backups.as_array().map(Vec::len), Some(1), "no half-made backup: {backups}");
+    let (_, jobs) = s.get("/api/jobs", &admin).await;
+    let failed = jobs.as_array().map(|j| j.iter().filter(|j| j["state"] == "failed").count());
+    assert!(failed >= Some(3), "the refused jobs show as failed: {jobs}");
+
+    std::fs::remove_file(&filler)?;
+    let (status, body) =
+        s.call(reqwest::Method::POST, &format!("/api/vms/{vm}/backup"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "backup with room: {body}");
+    let (status, body) =
+        s.post(&format!("/api/backups/{backup}/restore"), &admin, json!({"new_name": "restored"})).await;
+    assert_eq!(status, StatusCode::OK, "restore with room: {body}");
+    let (status, body) = s.post(&format!("/api/vms/{vm}/clone"), &admin, json!({"name": "copy"})).await;
+    assert_eq!(status, StatusCode::OK, "clone with room: {body}");
+    Ok(())
+}

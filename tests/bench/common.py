@@ -2,7 +2,7 @@
 import contextlib, json, os, signal, socket, subprocess, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FASTVM = os.path.join(ROOT, "target/release/fastvm")
+FASTVM = os.environ.get("FASTVM_BIN") or os.path.join(ROOT, "target/release/fastvm")
 VMRUNNER = os.path.join(ROOT, "target/release/vmrunner")
 
 

@@ -9,7 +9,7 @@ use crate::api::audit::Audit;
 use crate::api::session::{AdminUser, AuthUser};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
-use crate::isos::{self, IsoInfo, IsoUploaded, Upload, too_large, upload_limit, visible_to};
+use crate::isos::{self, IsoInfo, IsoUploaded, Upload, upload_limit, visible_to};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -37,7 +37,8 @@ async fn list_isos(State(state): State<AppState>, AuthUser(user): AuthUser) -> A
         (status = 400, description = "Bad name, no file, or not an ISO image", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 409, description = "An ISO of that name exists", body = ErrorBody),
-        (status = 413, description = "Larger than the limit or the free space", body = ErrorBody),
+        (status = 413, description = "Larger than FASTVM_MAX_ISO_GB", body = ErrorBody),
+        (status = 507, description = "Larger than the free space", body = ErrorBody),
     ))]
 async fn upload_iso(
     State(state): State<AppState>,
@@ -55,8 +56,8 @@ async fn upload_iso(
         .unwrap_or(0);
 
     let limit = upload_limit(&state.settings)?;
-    if total > limit {
-        return Err(too_large(limit));
+    if total > limit.bytes {
+        return Err(limit.refuse());
     }
     while let Some(field) =
         multipart.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))?

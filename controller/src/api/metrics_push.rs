@@ -44,7 +44,7 @@ pub struct MetricsTicket {
 }
 
 fn sees_vm(state_owner: &str, user: &SessionUser) -> bool {
-    user.is_admin || state_owner == user.username
+    user.may_see(state_owner)
 }
 
 /// A short-lived ticket for `/ws/metrics`.

@@ -21,6 +21,7 @@ pub mod upgrade;
 pub mod vms;
 pub mod volumes;
 
+use utoipa::openapi::schema::{AdditionalProperties, Schema};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -68,6 +69,42 @@ pub fn describe_responses(doc: &mut OpenApi) {
                             .and_then(|c| axum::http::StatusCode::from_u16(c).ok())
                             .and_then(|c| c.canonical_reason());
                         r.description = reason.unwrap_or("Response").to_string();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A view that flattens a request type (`VmView` holds a `VmSpec`) is documented as `allOf` that
+/// type and its own fields; but a request type refuses unknown fields, and under `allOf` that
+/// refusal would forbid the view's own fields, so no answer would match its schema. In a view, the
+/// request type's schema goes inline without the refusal; requests still name the closed one.
+pub fn open_flattened_requests(doc: &mut OpenApi) {
+    let Some(components) = doc.components.as_mut() else { return };
+    let closed: std::collections::BTreeMap<String, Schema> = components
+        .schemas
+        .iter()
+        .filter_map(|(name, schema)| match schema {
+            RefOr::T(Schema::Object(o))
+                if matches!(
+                    o.additional_properties.as_deref(),
+                    Some(AdditionalProperties::FreeForm(false))
+                ) =>
+            {
+                let mut open = o.clone();
+                open.additional_properties = None;
+                Some((format!("#/components/schemas/{name}"), Schema::Object(open)))
+            }
+            _ => None,
+        })
+        .collect();
+    for schema in components.schemas.values_mut() {
+        if let RefOr::T(Schema::AllOf(all)) = schema {
+            for item in all.items.iter_mut() {
+                if let RefOr::Ref(r) = item {
+                    if let Some(open) = closed.get(&r.ref_location) {
+                        *item = RefOr::T(open.clone());
                     }
                 }
             }

@@ -12,8 +12,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::consoles::websocket::Socket;
 use crate::error::ApiError;
+use wsframes::Socket;
 
 /// A request to open a WebSocket, checked; answering it with [`Upgrade::on_upgrade`] switches
 /// protocols.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -20,6 +21,7 @@ use crate::http::Message;
 use crate::runtime::StopMode;
 use crate::state::AppState;
 use crate::vms::clone::CloneKind;
+use crate::vms::listing::{self, Listing};
 use crate::vms::model::{VmActionResponse, VmRecord, VmView};
 use crate::vms::store;
 
@@ -54,9 +56,24 @@ fn respond(state: &AppState, message: impl Into<String>, vm: &VmRecord) -> Json<
 /// VMs you may see (all of them for admins).
 #[utoipa::path(get, path = "/api/vms", tag = "vms", security(("bearer" = [])),
     responses((status = 200, body = Vec<VmView>), (status = 401, body = ErrorBody)))]
-async fn list_vms(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<Vec<VmView>>> {
-    let all = state.store.call(|c| Ok(store::list(c)?)).await?;
-    Ok(Json(all.iter().filter(|vm| vm.visible_to(&user)).map(|vm| view(&state, vm)).collect()))
+async fn list_vms(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Response> {
+    // The key is read before the rows, so what is kept under it is never older than it says.
+    let db = state.store.call(|c| Ok(listing::db_generation(c)?)).await?;
+    let key = listing::Key { db, phases: state.vms.phase_generation(), guests: state.metrics.generation() };
+    let entries = match state.vms.listing.get(key) {
+        Some(entries) => entries,
+        None => {
+            let all = state.store.call(|c| Ok(store::list(c)?)).await?;
+            let mut entries = Vec::with_capacity(all.len());
+            for vm in &all {
+                let json = serde_json::to_vec(&view(&state, vm)).map_err(anyhow::Error::from)?;
+                entries.push(listing::Entry { owner: vm.owner.clone(), json });
+            }
+            state.vms.listing.put(key, entries)
+        }
+    };
+    let body = Listing::join(&entries, |owner| user.may_see(owner));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Create a VM (stopped). Its disk is created at first start.

@@ -27,6 +27,13 @@ pub struct SessionUser {
     pub must_change_password: bool,
 }
 
+impl SessionUser {
+    /// The one ownership rule: admins see everything, others what they own.
+    pub fn may_see(&self, owner: &str) -> bool {
+        self.is_admin || owner == self.username
+    }
+}
+
 fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserInfo> {
     Ok(UserInfo {
         username: row.get(0)?,

@@ -345,6 +345,14 @@ fn index_from_manifest(archive: &Path) -> anyhow::Result<Index> {
     bail!("the archive has no manifest (truncated?)")
 }
 
+/// An archive that does not fit in what is free: not damaged, the disk is too full.
+#[derive(Debug, thiserror::Error)]
+#[error("the restore needs {} MiB and {} MiB are free", needed.div_ceil(1 << 20), room >> 20)]
+pub struct NoRoom {
+    pub needed: u64,
+    pub room: u64,
+}
+
 /// Checks what an index announces before anything is written: allowed names, each once, and a
 /// total that fits in `room`.
 fn check_index(index: &Index, room: u64) -> anyhow::Result<()> {
@@ -357,7 +365,7 @@ fn check_index(index: &Index, room: u64) -> anyhow::Result<()> {
     let total = index.members.iter().try_fold(0u64, |sum, m| sum.checked_add(m.size));
     match total {
         Some(t) if t <= room => Ok(()),
-        Some(t) => bail!("it needs {t} bytes and only {room} are free for a restore"),
+        Some(t) => Err(NoRoom { needed: t, room }.into()),
         None => bail!("its members' sizes do not add up"),
     }
 }

@@ -106,7 +106,7 @@ pub(crate) async fn owned(ctx: &Ctx, user: &SessionUser, id: &str) -> ApiResult<
         })
         .await?;
     match found {
-        Some(b) if user.is_admin || b.owner == user.username => Ok(b),
+        Some(b) if user.may_see(&b.owner) => Ok(b),
         _ => Err(ApiError::NotFound("Backup not found".into())),
     }
 }
@@ -385,7 +385,15 @@ async fn extract(ctx: &Ctx, archive: &Path, progress: &Progress) -> ApiResult<(t
     })
     .await
     .context("restore task failed")?
-    .map_err(|e| ApiError::BadRequest(format!("The backup archive is damaged: {e:#}")))?;
+    .map_err(|e| {
+        if let Some(no_room) = e.downcast_ref::<archive::NoRoom>() {
+            ApiError::disk_full_because(no_room)
+        } else if crate::error::disk_full(&e) {
+            ApiError::Internal(e)
+        } else {
+            ApiError::BadRequest(format!("The backup archive is damaged: {e:#}"))
+        }
+    })?;
     check_images(ctx, &manifest, staging.path()).await?;
     Ok((staging, manifest))
 }
@@ -625,7 +633,7 @@ pub async fn list(ctx: &Ctx, user: &SessionUser) -> ApiResult<Vec<Backup>> {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await?;
-    Ok(all.into_iter().filter(|b| user.is_admin || b.owner == user.username).collect())
+    Ok(all.into_iter().filter(|b| user.may_see(&b.owner)).collect())
 }
 
 /// Restores `backup` (as a new VM called `new_name`, or onto its stopped original) as a job whose

@@ -7,7 +7,6 @@ pub mod remote;
 pub mod screenshot;
 pub mod serial;
 pub mod tickets;
-pub mod websocket;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 use super::Kind;
-use super::websocket::{
+use wsframes::{
     HEADROOM, Incoming, OP_BINARY, OP_PONG, Socket, put_header, read_frames, send_close, send_frame,
 };
 

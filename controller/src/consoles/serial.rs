@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::relay::close;
-use super::websocket::{Incoming, OP_BINARY, OP_PONG, Socket, read_frames, send_close, send_frame};
+use wsframes::{Incoming, OP_BINARY, OP_PONG, Socket, read_frames, send_close, send_frame};
 
 /// What a new viewer is shown of what came before.
 pub const REPLAY_BYTES: u64 = 64 * 1024;

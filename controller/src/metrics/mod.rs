@@ -71,6 +71,8 @@ pub struct Metrics {
     pub agents: AgentLocks,
     pub http: prometheus::HttpStats,
     pub interval: Duration,
+    /// Counts changes of what views show (guest addresses), for caches built from them.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -81,7 +83,17 @@ impl Metrics {
             agents: AgentLocks::default(),
             http: prometheus::HttpStats::default(),
             interval,
+            generation: Default::default(),
         }
+    }
+
+    /// Changes to guest addresses so far (any change gives a new number).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn latest(&self) -> MutexGuard<'_, Latest> {
@@ -97,6 +109,7 @@ impl Metrics {
         let mut latest = self.latest();
         latest.agent_silent_until.remove(vm_id);
         latest.guests.insert(vm_id.to_string(), interfaces.to_vec());
+        self.changed();
     }
 
     /// The addresses the VM's guest agent reported last (empty without an agent).
@@ -195,6 +208,7 @@ pub async fn collect(
         latest.guests.retain(|id, _| snapshot.owners.contains_key(id));
         latest.agent_silent_until.retain(|id, _| snapshot.owners.contains_key(id));
         latest.guests.extend(guests);
+        metrics.changed();
         latest.snapshot = Some(snapshot.clone());
         let due = ts - latest.last_stored >= history::STORED_EVERY;
         if due {

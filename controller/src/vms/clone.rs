@@ -85,7 +85,7 @@ impl VmManager {
         is_admin: bool,
         progress: &Progress,
     ) -> ApiResult<(VmRecord, CloneKind)> {
-        let _guard = self.lock(source_id).await;
+        let _guard = self.lock_for(source_id, Op::Clone).await?;
         let source = self.get(source_id).await?;
         self.require(&source, Op::Clone).await?;
         let sid = source_id.to_string();

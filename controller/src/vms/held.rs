@@ -28,7 +28,7 @@ impl VmManager {
     /// `op` on VM `id`: refused (409) when the VM's state does not allow it; else the VM, held to
     /// this operation until the answer is dropped when `op` is exclusive.
     pub async fn enter(&self, id: &str, op: Op) -> ApiResult<Held<'_>> {
-        let guard = if op.exclusive() { Some(self.lock(id).await) } else { None };
+        let guard = if op.exclusive() { Some(self.lock_for(id, op).await?) } else { None };
         let vm = self.get(id).await?;
         let state = self.require(&vm, op).await?;
         Ok(Held { vm, state, manager: self, _guard: guard })

@@ -53,6 +53,8 @@ pub struct VmManager {
     /// Every change of a VM's state, as it happens (pushed to browsers over /ws/metrics).
     pub events: tokio::sync::broadcast::Sender<VmStateEvent>,
     phases: Arc<Phases>,
+    /// The VM list as last serialised (`api::vms`).
+    pub listing: super::listing::Listing,
 }
 
 /// A VM started, stopped, crashed, was adopted or deleted.
@@ -122,6 +124,7 @@ impl VmManager {
             wake: Arc::new(tokio::sync::Notify::new()),
             events: tokio::sync::broadcast::channel(256).0,
             phases: Arc::default(),
+            listing: Default::default(),
         }
     }
 
@@ -143,6 +146,18 @@ impl VmManager {
             let _ = events.send(state_event(&record, state, event, None));
         });
         self.phases.watch(&vm.id, self.run_dirs.qmp(&vm.id), on_change);
+    }
+
+    /// The VM's lock for `op`. While the VM is starting or stopping (which can take minutes: a
+    /// guest given an hour to power off), `op` is refused at once rather than queued behind it; a
+    /// forced stop instead cuts a graceful one short and then takes over.
+    pub(super) async fn lock_for(&self, id: &str, op: Op) -> ApiResult<OwnedMutexGuard<()>> {
+        if let Some(phase) =
+            self.phases.get(id).filter(|p| matches!(p, VmState::Starting | VmState::Stopping))
+        {
+            lifecycle::check(phase, op)?;
+        }
+        Ok(self.lock(id).await)
     }
 
     pub(super) async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
@@ -186,6 +201,11 @@ impl VmManager {
 
     /// The state to show for `vm` without asking its runtime: its record as last reconciled (at
     /// most 2 s old), or what the manager and the monitor know.
+    /// Changes of the phases `shown` reads (for caches of views).
+    pub fn phase_generation(&self) -> u64 {
+        self.phases.generation()
+    }
+
     pub fn shown(&self, vm: &VmRecord) -> VmState {
         match self.phases.get(&vm.id) {
             Some(phase) => phase,
@@ -386,7 +406,7 @@ impl VmManager {
         owner: Option<String>,
         is_admin: bool,
     ) -> ApiResult<VmRecord> {
-        let _guard = self.lock(id).await;
+        let _guard = self.lock_for(id, Op::Edit).await?;
         let current = self.get(id).await?;
         let mut merged = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
         if let serde_json::Value::Object(m) = &mut merged {
@@ -491,7 +511,7 @@ impl VmManager {
     }
 
     pub async fn start(&self, id: &str) -> ApiResult<VmRecord> {
-        let _guard = self.lock(id).await;
+        let _guard = self.lock_for(id, Op::Start).await?;
         let vm = self.get(id).await?;
         self.start_locked(&vm, None).await?;
         self.get(id).await
@@ -499,7 +519,16 @@ impl VmManager {
 
     async fn stop_locked(&self, vm: &VmRecord, mode: StopMode) -> ApiResult<()> {
         let stopping = self.phases.during(&vm.id, VmState::Stopping);
-        self.rt(vm)?.stop(&vm.id, mode).await.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
+        let rt = self.rt(vm)?;
+        let hurry = self.phases.hurry(&vm.id);
+        let stopped = tokio::select! {
+            stopped = rt.stop(&vm.id, mode) => stopped,
+            () = hurry.notified(), if mode != StopMode::Force => {
+                tracing::info!(vm_id = vm.id, "a forced stop cut the graceful one short");
+                rt.stop(&vm.id, StopMode::Force).await
+            }
+        };
+        stopped.map_err(|e| ApiError::Operation(format!("{e:#}")))?;
         let i = vm.id.clone();
         self.store.call(move |c| Ok(store::set_stopped(c, &i, None, now_unix())?)).await?;
         self.phases.ended(&vm.id);
@@ -529,8 +558,18 @@ impl VmManager {
     }
 
     pub async fn stop(&self, id: &str, mode: StopMode) -> ApiResult<VmRecord> {
-        let _guard = self.lock(id).await;
+        let hurried = mode == StopMode::Force && self.phases.get(id) == Some(VmState::Stopping);
+        let _guard = if hurried {
+            self.phases.hurry(id).notify_one();
+            self.lock(id).await
+        } else {
+            self.lock_for(id, Op::Stop).await?
+        };
         let vm = self.get(id).await?;
+        if hurried && !self.state_of(&vm).await?.has_qemu() {
+            // The stop it cut short is done: what was asked for is so.
+            return Ok(vm);
+        }
         self.require(&vm, Op::Stop).await?;
         self.stop_locked(&vm, mode).await?;
         self.get(id).await
@@ -539,7 +578,7 @@ impl VmManager {
     /// `hard`: QMP reset (the guest reboots at once). Otherwise a graceful stop and a fresh start, so
     /// configuration changes apply.
     pub async fn restart(&self, id: &str, hard: bool, timeout: Duration) -> ApiResult<VmRecord> {
-        let _guard = self.lock(id).await;
+        let _guard = self.lock_for(id, Op::Restart).await?;
         let vm = self.get(id).await?;
         self.require(&vm, Op::Restart).await?;
         if hard {
@@ -554,7 +593,7 @@ impl VmManager {
     }
 
     pub async fn delete(&self, id: &str, force: bool) -> ApiResult<()> {
-        let guard = self.lock(id).await;
+        let guard = self.lock_for(id, Op::Delete).await?;
         let vm = self.get(id).await?;
         let rt = self.rt(&vm)?;
         let state = self.state_of(&vm).await?;

@@ -8,6 +8,7 @@ pub mod clone;
 pub mod guest;
 pub mod held;
 pub mod lifecycle;
+pub mod listing;
 pub mod manager;
 pub mod model;
 mod phases;

@@ -45,7 +45,7 @@ pub struct VmRecord {
 impl VmRecord {
     /// Whether `user` may see (and act on) it.
     pub fn visible_to(&self, user: &SessionUser) -> bool {
-        user.is_admin || self.owner == user.username
+        user.may_see(&self.owner)
     }
 
     /// A new, stopped VM with a fresh UUID.

@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
@@ -15,7 +17,11 @@ use crate::qmp;
 #[derive(Default)]
 pub struct Phases {
     now: Mutex<HashMap<String, VmState>>,
+    /// Counts changes, so that what was built from the phases knows when it is out of date.
+    generation: AtomicU64,
     watchers: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Told when a forced stop wants a graceful one under way to give up waiting for the guest.
+    hurry: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// Holds a VM in a phase until dropped.
@@ -27,7 +33,7 @@ pub struct During {
 
 impl Drop for During {
     fn drop(&mut self) {
-        let mut now = self.phases.now();
+        let mut now = self.phases.changing();
         if now.get(&self.id) == Some(&self.phase) {
             now.remove(&self.id);
         }
@@ -54,12 +60,28 @@ impl Phases {
         self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn changing(&self) -> MutexGuard<'_, HashMap<String, VmState>> {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.now()
+    }
+
+    /// Changes so far (any change gives a new number).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// What a forced stop notifies to cut a graceful stop of `id` short (a notification given
+    /// before the graceful stop waits is kept for it; `ended` forgets it).
+    pub fn hurry(&self, id: &str) -> Arc<Notify> {
+        self.hurry.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone()
+    }
+
     pub fn get(&self, id: &str) -> Option<VmState> {
         self.now().get(id).copied()
     }
 
     pub fn set(&self, id: &str, phase: VmState) {
-        self.now().insert(id.to_string(), phase);
+        self.changing().insert(id.to_string(), phase);
     }
 
     pub fn during(self: &Arc<Self>, id: &str, phase: VmState) -> During {
@@ -83,6 +105,7 @@ impl Phases {
 
     /// The VM no longer runs: its watcher and its phase go.
     pub fn ended(&self, id: &str) {
+        self.hurry.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         if let Some(w) = self.watchers().remove(id) {
             w.abort();
         }
@@ -91,7 +114,7 @@ impl Phases {
 
     /// The guest runs again (its watcher stays).
     pub fn resumed(&self, id: &str) {
-        let mut now = self.now();
+        let mut now = self.changing();
         if now.get(id) == Some(&VmState::Paused) {
             now.remove(id);
         }
@@ -127,7 +150,7 @@ impl Phases {
 
     fn mark(&self, id: &str, paused: bool, on_change: &OnChange) {
         let changed = {
-            let mut now = self.now();
+            let mut now = self.changing();
             match (now.get(id).copied(), paused) {
                 // A start or stop under way says more than the monitor.
                 (Some(VmState::Starting | VmState::Stopping), _) => false,

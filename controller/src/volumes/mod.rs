@@ -35,7 +35,7 @@ pub struct CreateVolume {
 }
 
 fn visible(user: &SessionUser, v: &Volume) -> bool {
-    user.is_admin || v.owner == user.username
+    user.may_see(&v.owner)
 }
 
 /// The volume if `user` may see it; 404 otherwise.

@@ -1,5 +1,5 @@
 //! The server side of RFC 6455, cut to what a console relay needs: binary frames out, frames in
-//! streamed through as they arrive, ping, close (the upgrade is `api::upgrade`).
+//! streamed through as they arrive, ping, close (the controller does the HTTP upgrade).
 //!
 //! Why not axum's WebSocket here: it copies every outgoing payload into tungstenite's write buffer
 //! and holds whole incoming messages in memory. A console moves bulk display data, so here a
