@@ -223,7 +223,8 @@ async fn metrics_follow_a_real_guest_and_are_pushed() -> TestResult {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body["detail"].as_str().is_some_and(|d| d.contains("width")), "{body}");
     let (status, body) = s.post(&resize, &admin, json!({"width": 1024, "height": 768})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "no agent is the guest's state, not a server error: {body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("guest agent")), "{body}");
 
     // A stop is pushed within 2 s.
     let stop_path = format!("/api/vms/{quiet_id}/stop?force=true");

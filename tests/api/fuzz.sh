@@ -3,7 +3,7 @@
 # every operation, valid and invalid input, checks that no answer is a 5xx and that every answer
 # matches what the document says. The controller runs in a network namespace of its own (loopback
 # only), so whatever NIC or port forward the fuzzer invents touches nothing of the host.
-#   FASTVM_FUZZ_EXAMPLES  examples per operation and phase (default 60)
+#   FASTVM_FUZZ_EXAMPLES  examples per operation and phase (default 200)
 #   FASTVM_FUZZ_SEED      a seed to repeat a run (default: a new one, printed)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +22,7 @@ address=127.0.0.1:18767
 start_controller "$address"
 base="http://$address"
 seed=${FASTVM_FUZZ_SEED:-$RANDOM$RANDOM}
-examples=${FASTVM_FUZZ_EXAMPLES:-60}
+examples=${FASTVM_FUZZ_EXAMPLES:-200}
 log "schemathesis: $examples examples per operation, seed $seed (FASTVM_FUZZ_SEED=$seed repeats it)"
 
 # Every token handed out is kept, to look for it in the log afterwards.
@@ -54,6 +54,8 @@ backup_id = "$backup"
 job_id = "$job"
 vol_id = "$vol"
 username = "fuzzed"
+# A graceful stop waits this long for a guest (this one has no OS to hear the power button).
+timeout = 5
 TOML
 
 # What deletes those objects or can end the session (sign out, a new admin password) runs last,

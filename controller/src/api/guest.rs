@@ -34,12 +34,11 @@ async fn guest_info(
 }
 
 /// Ask the guest to change its display resolution (through the guest agent running `xrandr` in the
-/// guest's X session). 503 with the reason when no agent answers.
+/// guest's X session). 409 with the reason when the VM does not run or no agent answers.
 #[utoipa::path(post, path = "/api/vms/{vm_id}/display/resize", tag = "vms", security(("bearer" = [])),
     params(("vm_id" = String, Path)), request_body = Resize,
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "Not running", body = ErrorBody),
-        (status = 503, description = "No guest agent answered", body = ErrorBody)))]
+        (status = 409, description = "Not running, or no guest agent answered", body = ErrorBody)))]
 async fn resize_display(
     State(state): State<AppState>,
     audit: Audit,

@@ -99,7 +99,8 @@ pub struct Resize {
 }
 
 /// Asks the guest to change its display resolution (the guest agent runs `xrandr` in the guest's
-/// X session); 503 with the reason when no agent answers. The answer names the mode.
+/// X session); 409 with the reason when no agent answers (the guest's state, not the server's
+/// fault). The answer names the mode.
 pub async fn resize(vms: &VmManager, agents: &AgentLocks, vm_id: &str, req: &Resize) -> ApiResult<String> {
     if !(640..=7680).contains(&req.width) {
         return Err(ApiError::BadRequest("width: must be 640 to 7680".into()));
@@ -113,6 +114,6 @@ pub async fn resize(vms: &VmManager, agents: &AgentLocks, vm_id: &str, req: &Res
     let xrandr = GuestCommand::exec("/bin/sh", &["-c", "DISPLAY=:0 xrandr --size \"$1\"", "resize", &mode]);
     guest_agent::with_agent(agents, vm_id, &socket, async |agent| agent.execute(&xrandr).await)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("{e:#}")))?;
+        .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
     Ok(mode)
 }
