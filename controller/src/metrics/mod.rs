@@ -118,6 +118,11 @@ impl Metrics {
     }
 }
 
+/// How long a pass waits for a guest agent: its usual bound, and at most half the interval.
+fn agent_budget(interval: Duration) -> Duration {
+    guest_agent::ANSWER_WITHIN.min(interval / 2)
+}
+
 /// How long the collector leaves a silent guest agent alone: three passes, at least 10 s
 /// (guest-info requests still ask at once).
 fn agent_retry(interval: Duration) -> Duration {
@@ -144,11 +149,11 @@ async fn read_vm(metrics: &Metrics, vms: &VmManager, vm: &VmRecord) -> Reading {
         None
     } else {
         let qga_sock = vms.run_dirs.run(&vm.id).qga();
-        let reply = guest_agent::with_agent(&metrics.agents, &vm.id, &qga_sock, async |agent| {
+        // A silent agent must not hold the pass past its interval: the next pass is due then.
+        let ask = guest_agent::with_agent(&metrics.agents, &vm.id, &qga_sock, async |agent| {
             agent.execute(&guest_agent::GuestCommand::network_interfaces()).await
-        })
-        .await
-        .ok();
+        });
+        let reply = tokio::time::timeout(agent_budget(metrics.interval), ask).await.ok().and_then(Result::ok);
         let mut latest = metrics.latest();
         match reply {
             Some(r) => {

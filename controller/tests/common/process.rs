@@ -66,6 +66,10 @@ impl Fastvm {
         format!("http://{}{}", self.addr, path)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then waits (at most 15 s) for a graceful exit.
     pub fn terminate(mut self) -> Result<ExitStatus, BoxError> {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
