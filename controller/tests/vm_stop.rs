@@ -81,3 +81,59 @@ async fn a_forced_stop_cuts_a_long_graceful_one_short_and_nothing_queues_behind_
     assert_eq!(status, StatusCode::OK, "{body}");
     Ok(())
 }
+
+/// Pids of the vmrunner supervising VM `vm_id` (its command line names the VM's run directory).
+fn vmrunner_pids(run_dir: &std::path::Path) -> Vec<i32> {
+    let marker = run_dir.join("vmrunner.json").display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("vmrunner") && cmd.contains(&marker)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_vmrunner_takes_its_qemu_along_and_the_controller_says_so() -> TestResult {
+    let s = TestServer::start().await;
+    let _reaper = VmReaper(s.data_dir.path().to_path_buf());
+    let admin = s.admin_token().await;
+    let (status, body) = s
+        .post(
+            "/api/vms",
+            &admin,
+            json!({"name": "orphan", "memory": 128, "cpus": 1, "disk_size": 1, "firmware": "bios"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let (status, body) = s.call(Method::POST, &format!("/api/vms/{id}/start"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(qemu_pids(&id).len(), 1);
+    let runners = vmrunner_pids(&s.data_dir.path().join("run").join(&id));
+    assert_eq!(runners.len(), 1, "one vmrunner supervises the VM");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runners[0]), nix::sys::signal::Signal::SIGKILL)?;
+
+    let mut vm = json!(null);
+    for _ in 0..100 {
+        vm = s.get(&format!("/api/vms/{id}"), &admin).await.1;
+        if vm["status"] == "stopped" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(qemu_pids(&id).is_empty(), "QEMU does not linger without its supervisor");
+    assert_eq!(vm["status"], "stopped", "the controller noticed: {vm}");
+    assert_eq!(vm["state"], "crashed", "and says it ended badly: {vm}");
+    assert!(vm["last_error"].as_str().is_some_and(|e| !e.is_empty()), "with a reason: {vm}");
+    let (status, body) = s.call(Method::POST, &format!("/api/vms/{id}/start"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "it starts again: {body}");
+    let (status, body) =
+        s.call(Method::POST, &format!("/api/vms/{id}/stop?force=true"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Ok(())
+}

@@ -100,14 +100,19 @@ fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
         .open(&log_path)
         .map_err(io(format!("opening {}", log_path.display())))?;
     let log_err = log.try_clone().map_err(io("sharing the QEMU log"))?;
-    let mut qemu =
-        match Command::new(&cfg.qemu).args(&args).stdin(Stdio::null()).stdout(log).stderr(log_err).spawn() {
-            Ok(q) => q,
-            Err(e) => {
-                stop_child(swtpm.take());
-                return Err(io(format!("starting {}", cfg.qemu.display()))(e));
-            }
-        };
+    let mut qemu = match crate::tied::dies_with_us(&mut Command::new(&cfg.qemu))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+    {
+        Ok(q) => q,
+        Err(e) => {
+            stop_child(swtpm.take());
+            return Err(io(format!("starting {}", cfg.qemu.display()))(e));
+        }
+    };
     // The macvtap descriptors now belong to QEMU; our copies would keep the queues open after it exits.
     nics.close_files();
 
