@@ -133,6 +133,7 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         settings.spice_port_base,
     ));
     let metrics = Arc::new(Metrics::new(Duration::from_secs(settings.metrics_interval)));
+    let jobs_dir = settings.data_dir.join("jobs");
     let state = AppState {
         consoles,
         metrics,
@@ -141,7 +142,7 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         store,
         tokens: Arc::new(tokens),
         vms,
-        jobs: Arc::default(),
+        jobs: Arc::new(crate::jobs::Jobs::with_journal(jobs_dir)?),
         default_password,
     };
     metrics::start_collector(state.metrics.clone(), state.vms.clone(), state.settings.data_dir.clone());

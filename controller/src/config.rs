@@ -185,7 +185,7 @@ impl Settings {
 
     /// The data directory layout of ARCHITECTURE.md, created on start.
     pub fn layout_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = ["vms", "volumes", "images", "backups", "base", "cloudinit"]
+        let mut dirs: Vec<PathBuf> = ["vms", "volumes", "images", "backups", "base", "cloudinit", "jobs"]
             .iter()
             .map(|d| self.data_dir.join(d))
             .collect();

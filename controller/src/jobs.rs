@@ -6,9 +6,12 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use anyhow::Context;
+
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
@@ -19,7 +22,7 @@ use crate::store::{now_unix, rfc3339};
 /// Finished jobs kept for reading back.
 const KEEP_FINISHED: usize = 200;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Running,
@@ -27,7 +30,7 @@ pub enum JobState {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     pub id: String,
     /// `backup`, `restore`, ...
@@ -47,8 +50,15 @@ pub struct Job {
     /// RFC 3339.
     pub started_at: String,
     pub finished_at: Option<String>,
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     owner: String,
+}
+
+/// A running job as the journal keeps it (the owner too, which answers leave out).
+#[derive(Serialize, Deserialize)]
+struct Journaled {
+    owner: String,
+    job: Job,
 }
 
 #[derive(Default)]
@@ -57,19 +67,65 @@ struct Table {
     finished: VecDeque<Job>,
 }
 
-/// Every job of this controller (they live in memory: a restart ends the work they describe).
+/// Every job of this controller. They live in memory, and a restart ends the work they describe;
+/// the journal (one small file per running job) is how the next start knows which were cut short.
 pub struct Jobs {
     table: Mutex<Table>,
     events: broadcast::Sender<Job>,
+    journal: Option<PathBuf>,
 }
 
 impl Default for Jobs {
     fn default() -> Self {
-        Jobs { table: Mutex::default(), events: broadcast::channel(256).0 }
+        Jobs { table: Mutex::default(), events: broadcast::channel(256).0, journal: None }
     }
 }
 
+/// What a job cut short by a stop of the controller says.
+pub const INTERRUPTED: &str =
+    "interrupted: the controller stopped while it ran; what it had half made was removed";
+
 impl Jobs {
+    /// Jobs journaled in `dir`: those a previous run left running show as failed, interrupted.
+    pub fn with_journal(dir: PathBuf) -> anyhow::Result<Jobs> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut interrupted = Vec::new();
+        for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
+            let path = entry.path();
+            let read = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Journaled>(&b).ok());
+            if let Some(Journaled { owner, mut job }) = read {
+                job.state = JobState::Failed;
+                job.message = Some(INTERRUPTED.into());
+                job.finished_at = Some(rfc3339(now_unix()));
+                job.owner = owner;
+                interrupted.push(job);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        interrupted.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        let jobs = Jobs { journal: Some(dir), ..Jobs::default() };
+        jobs.table().finished.extend(interrupted);
+        Ok(jobs)
+    }
+
+    fn journal_path(&self, id: &str) -> Option<PathBuf> {
+        self.journal.as_ref().map(|d| d.join(format!("{id}.json")))
+    }
+
+    /// Records a running job, so that a controller killed under it knows at its next start.
+    fn journal(&self, job: &Job) {
+        let Some(path) = self.journal_path(&job.id) else { return };
+        let record = Journaled { owner: job.owner.clone(), job: job.clone() };
+        let write = serde_json::to_vec(&record).map_err(std::io::Error::from).and_then(|b| {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, b)?;
+            std::fs::rename(&tmp, &path)
+        });
+        if let Err(e) = write {
+            tracing::warn!(job = job.id, error = %e, "could not journal a job");
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         // A panic while holding this lock cannot leave the table half-updated: keep serving it.
         self.table.lock().unwrap_or_else(|e| e.into_inner())
@@ -104,6 +160,7 @@ impl Jobs {
             owner: owner.into(),
         };
         let id = job.id.clone();
+        self.journal(&job);
         self.table().running.push(job.clone());
         let _ = self.events.send(job);
         JobHandle { jobs: self.clone(), id, done: false }
@@ -115,6 +172,9 @@ impl Jobs {
         change(&mut t.running[i]);
         let job = t.running[i].clone();
         if job.state != JobState::Running {
+            if let Some(path) = self.journal_path(id) {
+                let _ = std::fs::remove_file(path);
+            }
             t.running.remove(i);
             t.finished.push_front(job.clone());
             t.finished.truncate(KEEP_FINISHED);

@@ -86,6 +86,14 @@ pub fn sweep_leftovers(dirs: &[PathBuf], vms_dir: &Path) -> Vec<PathBuf> {
             }
         }
     }
+    // A VM directory that held nothing but a leftover (a clone cut short before its VM existed).
+    for dir in &vm_dirs {
+        if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+            && std::fs::remove_dir(dir).is_ok()
+        {
+            removed.push(dir.clone());
+        }
+    }
     removed
 }
 
@@ -100,7 +108,8 @@ pub fn room_for(dir: &Path) -> anyhow::Result<u64> {
     Ok(free.saturating_sub(FREE_SPACE_RESERVE))
 }
 
-fn temporary_name(target: &Path) -> PathBuf {
+/// Where a file is written before it is complete: hidden, `.tmp`, swept at start if left behind.
+pub fn temporary_name(target: &Path) -> PathBuf {
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     target.with_file_name(format!(".{name}.tmp"))
 }

@@ -152,7 +152,7 @@ impl VmManager {
         let bases = self.disk_bases(source_id).await?;
         let total = allocated(&source_disk) + bases.iter().map(|b| allocated(b)).sum::<u64>();
         let target = self.disk_of(clone_id);
-        let partial = target.with_extension("qcow2.partial");
+        let partial = crate::storage::temporary_name(&target);
         let mut cmd = tokio::process::Command::new(&self.qemu_img);
         cmd.args(["convert", "-O", "qcow2"])
             .arg(storage::qcow2_image(&source_disk, bases.is_empty()))
