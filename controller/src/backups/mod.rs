@@ -541,7 +541,7 @@ async fn restored_spec(
         }
     }
     ctx.vms.check_rules(&spec, None, &user.username, user.is_admin).await?;
-    ctx.vms.normalize(&mut spec)?;
+    ctx.vms.normalize(&mut spec).await?;
     let volumes: u64 = manifest.volumes.iter().map(|v| v.size_gb).sum();
     let need = quotas::of_vm(&spec)
         + quotas::Usage::disk(volumes as i64)

@@ -107,7 +107,7 @@ impl VmManager {
             net.port_forwards.clear();
         }
         self.check_rules(&spec, None, owner, is_admin).await?;
-        self.normalize(&mut spec)?;
+        self.normalize(&mut spec).await?;
         self.check_quota(owner, crate::quotas::store::of_vm(&spec)).await?;
         let clone_id = crate::store::new_id();
         let clone_dir = self.vms_dir.join(&clone_id);

@@ -248,17 +248,24 @@ impl VmManager {
         Limits { iso_roots: self.iso_roots.clone() }
     }
 
-    /// Fills what the client may leave out (NIC ids and MACs), then validates.
-    pub fn normalize(&self, spec: &mut VmSpec) -> ApiResult<()> {
+    /// Fills what the client may leave out (NIC ids, and MACs no other VM has), then validates.
+    pub async fn normalize(&self, spec: &mut VmSpec) -> ApiResult<()> {
+        let taken: std::collections::HashSet<String> =
+            self.store.call(|c| Ok(store::macs_in_use(c)?)).await?.into_iter().collect();
+        let mut mine = std::collections::HashSet::new();
         for (i, net) in spec.networks.iter_mut().enumerate() {
             if net.id.is_none() {
                 net.id = Some(format!("net{i}"));
             }
             if net.mac_address.is_none() {
-                net.mac_address = Some(random_mac());
+                // 24 random bits: among a thousand VMs a collision is a few percent likely.
+                let fresh =
+                    std::iter::repeat_with(random_mac).find(|m| !taken.contains(m) && !mine.contains(m));
+                net.mac_address = fresh;
             }
             if let Some(mac) = &mut net.mac_address {
                 *mac = mac.to_ascii_lowercase();
+                mine.insert(mac.clone());
             }
         }
         for iso in [&mut spec.iso_path, &mut spec.secondary_iso_path] {
@@ -366,7 +373,7 @@ impl VmManager {
     pub async fn create(&self, mut spec: VmSpec, owner: &str, is_admin: bool) -> ApiResult<VmRecord> {
         self.check_rules(&spec, None, owner, is_admin).await?;
         let id = new_id();
-        self.normalize(&mut spec)?;
+        self.normalize(&mut spec).await?;
         self.check_conflicts(&id, &spec).await?;
         let record = VmRecord::new_stopped(id, owner, spec, self.runtime.name());
         self.insert_within_quota(&record).await?;
@@ -416,7 +423,7 @@ impl VmManager {
             .map_err(|e| ApiError::Unprocessable(format!("Invalid request body: {e}")))?;
         self.check_rules(&spec, Some(&current.spec), &current.owner, is_admin).await?;
         self.require(&current, Op::Edit).await?;
-        self.normalize(&mut spec)?;
+        self.normalize(&mut spec).await?;
         if spec.disk_size < current.spec.disk_size {
             return Err(ApiError::BadRequest(format!(
                 "disk_size: cannot shrink a disk ({} GB to {} GB)",

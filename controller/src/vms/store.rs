@@ -53,6 +53,13 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
+/// Every MAC a VM has.
+pub fn macs_in_use(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT mac FROM vm_macs")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
 /// The first MAC or forwarded host port of `spec` that another VM already uses, as a message.
 pub fn conflict(conn: &Connection, vm_id: &str, spec: &VmSpec) -> rusqlite::Result<Option<String>> {
     for (i, net) in spec.networks.iter().enumerate() {
