@@ -19,6 +19,10 @@ ip link set lo up
 . tests/clients/common.sh
 
 address=127.0.0.1:18767
+# VMs outlive their controller by design: the ones the fuzzer started go when the test does
+# (vmrunner takes its QEMU along).
+# shellcheck disable=SC2016 # expanded when the test ends, once CONTROLLER_DATA is set
+EXTRA_CLEANUP='pkill -KILL -f "vmrunner run $CONTROLLER_DATA/" || true'
 start_controller "$address"
 base="http://$address"
 seed=${FASTVM_FUZZ_SEED:-$RANDOM$RANDOM}

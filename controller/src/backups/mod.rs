@@ -122,7 +122,8 @@ fn slug(name: &str) -> String {
 struct LiveDisk {
     node: String,
     format: &'static str,
-    size_gb: u64,
+    /// The image QEMU has open, whose size the copy must have.
+    path: PathBuf,
     member: String,
 }
 
@@ -135,7 +136,10 @@ async fn live_copy(
     target: &Path,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> ApiResult<()> {
-    storage::create_image(&vms.qemu_img, target, disk.format, disk.size_gb).await?;
+    let failed_size =
+        |e: anyhow::Error| ApiError::Operation(format!("live backup of {}: {e:#}", disk.member));
+    let size = storage::virtual_size(&vms.qemu_img, &disk.path, disk.format).await.map_err(failed_size)?;
+    storage::create_image_of(&vms.qemu_img, target, disk.format, size).await?;
     let node = format!("backup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let failed = |e: anyhow::Error| ApiError::Operation(format!("live backup of {}: {e:#}", disk.member));
     let file =
@@ -202,7 +206,7 @@ async fn take_backup(
             disks.push(LiveDisk {
                 node: "disk0".into(),
                 format: "qcow2",
-                size_gb: vm.spec.disk_size,
+                path: disk.clone(),
                 member: VmDir::DISK.into(),
             });
         }
@@ -210,7 +214,7 @@ async fn take_backup(
             disks.push(LiveDisk {
                 node: vmrunner::argv::volume_ids(&v.id).0,
                 format: v.format.as_str(),
-                size_gb: v.size_gb,
+                path: PathBuf::from(&v.path),
                 member: volume_member(v),
             });
         }

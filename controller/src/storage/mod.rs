@@ -116,15 +116,29 @@ pub fn temporary_name(target: &Path) -> PathBuf {
 
 /// An empty disk image (thin: qcow2, or a sparse raw file).
 pub async fn create_image(qemu_img: &Path, target: &Path, format: &str, size_gb: u64) -> ApiResult<()> {
+    create_image_of(qemu_img, target, format, size_gb << 30).await
+}
+
+/// An empty disk image of exactly `bytes`.
+pub async fn create_image_of(qemu_img: &Path, target: &Path, format: &str, bytes: u64) -> ApiResult<()> {
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     produce(target, "creating the disk image", |tmp| {
         let mut cmd = Command::new(qemu_img);
-        cmd.args(["create", "-q", "-f", format]).arg(tmp).arg(format!("{size_gb}G"));
+        cmd.args(["create", "-q", "-f", format]).arg(tmp).arg(bytes.to_string());
         cmd
     })
     .await
+}
+
+/// The size the guest sees of an image (`-U`: readable while a VM uses it), which can differ from
+/// what its record says (a restored disk may be smaller).
+pub async fn virtual_size(qemu_img: &Path, image: &Path, format: &str) -> anyhow::Result<u64> {
+    let info = image_info_as(qemu_img, image, format).await?;
+    info["virtual-size"]
+        .as_u64()
+        .with_context(|| format!("qemu-img info {}: no virtual size", image.display()))
 }
 
 /// Grows a disk image in place.
@@ -136,8 +150,12 @@ pub async fn grow_image(qemu_img: &Path, image: &Path, size_gb: u64) -> ApiResul
 
 /// `qemu-img info` of one qcow2 image (`-U`: readable while a VM uses it).
 async fn image_info(qemu_img: &Path, image: &Path) -> anyhow::Result<serde_json::Value> {
+    image_info_as(qemu_img, image, "qcow2").await
+}
+
+async fn image_info_as(qemu_img: &Path, image: &Path, format: &str) -> anyhow::Result<serde_json::Value> {
     let out = Command::new(qemu_img)
-        .args(["info", "-U", "-f", "qcow2", "--output=json"])
+        .args(["info", "-U", "-f", format, "--output=json"])
         .arg(image)
         .output()
         .await

@@ -199,13 +199,13 @@ impl VmManager {
         })
     }
 
-    /// The state to show for `vm` without asking its runtime: its record as last reconciled (at
-    /// most 2 s old), or what the manager and the monitor know.
     /// Changes of the phases `shown` reads (for caches of views).
     pub fn phase_generation(&self) -> u64 {
         self.phases.generation()
     }
 
+    /// The state to show for `vm` without asking its runtime: its record as last reconciled (at
+    /// most 2 s old), or what the manager and the monitor know.
     pub fn shown(&self, vm: &VmRecord) -> VmState {
         match self.phases.get(&vm.id) {
             Some(phase) => phase,
@@ -527,7 +527,7 @@ impl VmManager {
     async fn stop_locked(&self, vm: &VmRecord, mode: StopMode) -> ApiResult<()> {
         let stopping = self.phases.during(&vm.id, VmState::Stopping);
         let rt = self.rt(vm)?;
-        let hurry = self.phases.hurry(&vm.id);
+        let hurry = self.phases.may_be_hurried(&vm.id);
         let stopped = tokio::select! {
             stopped = rt.stop(&vm.id, mode) => stopped,
             () = hurry.notified(), if mode != StopMode::Force => {
@@ -567,7 +567,7 @@ impl VmManager {
     pub async fn stop(&self, id: &str, mode: StopMode) -> ApiResult<VmRecord> {
         let hurried = mode == StopMode::Force && self.phases.get(id) == Some(VmState::Stopping);
         let _guard = if hurried {
-            self.phases.hurry(id).notify_one();
+            self.phases.hurry(id);
             self.lock(id).await
         } else {
             self.lock_for(id, Op::Stop).await?

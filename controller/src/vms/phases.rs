@@ -70,10 +70,20 @@ impl Phases {
         self.generation.load(Ordering::Relaxed)
     }
 
-    /// What a forced stop notifies to cut a graceful stop of `id` short (a notification given
-    /// before the graceful stop waits is kept for it; `ended` forgets it).
-    pub fn hurry(&self, id: &str) -> Arc<Notify> {
-        self.hurry.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone()
+    /// A stop of `id` begins: what `hurry` will tell it (a fresh one, so that nothing said to an
+    /// earlier stop carries over; `ended` forgets it).
+    pub fn may_be_hurried(&self, id: &str) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.hurry.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), notify.clone());
+        notify
+    }
+
+    /// Tells the stop of `id` under way, if any, to stop waiting for the guest (kept for it if it
+    /// is not waiting yet).
+    pub fn hurry(&self, id: &str) {
+        if let Some(notify) = self.hurry.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            notify.notify_one();
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<VmState> {
