@@ -16,17 +16,6 @@ use serde_json::{Value, json};
 
 type BoxError = Box<dyn std::error::Error>;
 
-async fn token(client: &Client, server: &Fastvm) -> Result<String, BoxError> {
-    let login: Value = client
-        .post(server.url("/api/auth/login"))
-        .json(&json!({"username": "admin", "password": "admin"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(login["access_token"].as_str().ok_or("token")?.to_string())
-}
-
 async fn get(client: &Client, server: &Fastvm, token: &str, path: &str) -> Result<Value, BoxError> {
     Ok(client.get(server.url(path)).bearer_auth(token).send().await?.json().await?)
 }
@@ -86,7 +75,7 @@ async fn work_cut_short_by_a_kill_leaves_nothing_half_made_and_can_be_done_again
     let data = tempfile::tempdir()?;
     let client = Client::new();
     let mut server = Fastvm::spawn(data.path(), &[])?;
-    let admin = token(&client, &server).await?;
+    let admin = server.admin_token(&client).await?;
     let (status, vm) = post(
         &client,
         &server,
@@ -136,7 +125,7 @@ async fn work_cut_short_by_a_kill_leaves_nothing_half_made_and_can_be_done_again
         drop(server); // SIGKILL
         let _ = request.await;
         server = Fastvm::spawn(data.path(), &[])?;
-        let admin = token(&client, &server).await?;
+        let admin = server.admin_token(&client).await?;
 
         assert_eq!(files(data.path()), before, "{kind} killed: files left or lost");
         let vms = get(&client, &server, &admin, "/api/vms").await?;
@@ -154,7 +143,7 @@ async fn work_cut_short_by_a_kill_leaves_nothing_half_made_and_can_be_done_again
 
     // An ISO upload, killed while its bytes still arrive.
     let before = files(data.path());
-    let admin = token(&client, &server).await?;
+    let admin = server.admin_token(&client).await?;
     let slow = futures::stream::unfold(0u32, |sent| async move {
         if sent >= 600 {
             return None;
@@ -173,7 +162,7 @@ async fn work_cut_short_by_a_kill_leaves_nothing_half_made_and_can_be_done_again
     drop(server);
     let _ = upload.await;
     let server = Fastvm::spawn(data.path(), &[])?;
-    let admin = token(&client, &server).await?;
+    let admin = server.admin_token(&client).await?;
     assert_eq!(files(data.path()), before, "upload killed: files left");
     let jobs = get(&client, &server, &admin, "/api/jobs").await?;
     assert!(
@@ -200,7 +189,7 @@ async fn a_live_backup_cut_short_leaves_the_vm_running_and_the_next_one_works() 
     let _reaper = common::guest::VmReaper(data.path().to_path_buf());
     let client = Client::new();
     let server = Fastvm::spawn(data.path(), &[])?;
-    let admin = token(&client, &server).await?;
+    let admin = server.admin_token(&client).await?;
     let spec = json!({"name": "live", "memory": 128, "cpus": 1, "disk_size": 2, "firmware": "bios"});
     let (status, vm) = post(&client, &server, &admin, "/api/vms", spec).await?;
     assert_eq!(status, StatusCode::OK, "{vm}");
@@ -233,7 +222,7 @@ async fn a_live_backup_cut_short_leaves_the_vm_running_and_the_next_one_works() 
     drop(server);
     let _ = request.await;
     let server = Fastvm::spawn(data.path(), &[])?;
-    let admin = token(&client, &server).await?;
+    let admin = server.admin_token(&client).await?;
 
     assert_eq!(common::guest::qemu_pids(&id), qemu, "the VM kept running through the kill");
     let vm = get(&client, &server, &admin, &format!("/api/vms/{id}")).await?;

@@ -37,14 +37,7 @@ async fn a_hundred_clients_hear_every_pass_of_fifty_guests() -> TestResult {
     let _reaper = VmReaper(data.path().to_path_buf());
     let server = Fastvm::spawn(data.path(), &[("FASTVM_METRICS_INTERVAL", "1")])?;
     let client = reqwest::Client::new();
-    let login: Value = client
-        .post(server.url("/api/auth/login"))
-        .json(&json!({"username": "admin", "password": "admin"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["access_token"].as_str().ok_or("token")?.to_string();
+    let token = server.admin_token(&client).await?;
     let call = |path: String, body: Option<Value>| {
         let req = client.post(server.url(&path)).bearer_auth(&token);
         let req = if let Some(b) = body { req.json(&b) } else { req };

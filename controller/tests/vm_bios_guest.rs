@@ -14,17 +14,6 @@ use serde_json::{Value, json};
 
 const BOOT: Duration = Duration::from_secs(180);
 
-async fn token(client: &Client, server: &Fastvm) -> Result<String, Box<dyn std::error::Error>> {
-    let body: Value = client
-        .post(server.url("/api/auth/login"))
-        .json(&json!({"username": "admin", "password": "admin"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(body["access_token"].as_str().ok_or("token")?.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bios_guest_survives_controller_restarts_and_reports_crashes() -> TestResult {
     let Some(iso) = guest_iso() else { return Ok(()) };
@@ -35,7 +24,7 @@ async fn bios_guest_survives_controller_restarts_and_reports_crashes() -> TestRe
     let client = Client::new();
 
     let first = Fastvm::spawn(data.path(), &env)?;
-    let admin = token(&client, &first).await?;
+    let admin = first.admin_token(&client).await?;
     let created: Value = client
         .post(first.url("/api/vms"))
         .bearer_auth(&admin)

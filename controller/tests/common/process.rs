@@ -66,6 +66,18 @@ impl Fastvm {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Signs in as admin/admin: the token.
+    pub async fn admin_token(&self, client: &reqwest::Client) -> Result<String, BoxError> {
+        let body: serde_json::Value = client
+            .post(self.url("/api/auth/login"))
+            .json(&serde_json::json!({"username": "admin", "password": "admin"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(body["access_token"].as_str().ok_or("token")?.to_string())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
