@@ -28,6 +28,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The docker runtime's tests start VMs from this image, holding the vmrunner built from this checkout.
 bash scripts/build-images.sh --profile debug
 
+# Every controller a test starts keeps its log here (at every level of our code); searched for
+# credentials at the end.
+export FASTVM_TEST_LOGS="$PWD/target/test-logs"
+rm -rf "$FASTVM_TEST_LOGS"
+
 log "cargo test"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -87,6 +92,14 @@ if bash tests/compose/run.sh; then passed=$((passed + 1)); else failed=$((failed
 # The README's first Quick start command (a release build, then the dashboard on its own port).
 log "tests/quickstart/run.sh"
 if bash tests/quickstart/run.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+# No log line of the whole run holds a token, a ticket, a SPICE password, a password, a hash or
+# the JWT secret (the scanner first proves it finds each of them).
+log "tests/logs/scan_secrets.py"
+if python3 tests/logs/scan_secrets.py --self-test && python3 tests/logs/scan_secrets.py "$FASTVM_TEST_LOGS"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
 ui_passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 ui_failed=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$ui" | tail -n1)
 echo "browser screenshots: $FASTVM_SCREENSHOTS"

@@ -145,6 +145,16 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
         jobs: Arc::new(crate::jobs::Jobs::with_journal(jobs_dir)?),
         default_password,
     };
+    for job in state.jobs.interrupted() {
+        if let ("snapshot", Some(vm_id)) = (job.kind.as_str(), job.vm_id) {
+            let vms = state.vms.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::snapshots::sweep_interrupted(&vms, &vm_id).await {
+                    tracing::warn!(vm_id, error = %e, "could not look for an interrupted snapshot's leftover");
+                }
+            });
+        }
+    }
     metrics::start_collector(state.metrics.clone(), state.vms.clone(), state.settings.data_dir.clone());
     let scheduler = state.clone();
     tokio::spawn(async move {

@@ -107,6 +107,12 @@ impl Jobs {
         Ok(jobs)
     }
 
+    /// The jobs a previous run of the controller left cut short.
+    pub fn interrupted(&self) -> Vec<Job> {
+        let t = self.table();
+        t.finished.iter().filter(|j| j.message.as_deref() == Some(INTERRUPTED)).cloned().collect()
+    }
+
     fn journal_path(&self, id: &str) -> Option<PathBuf> {
         self.journal.as_ref().map(|d| d.join(format!("{id}.json")))
     }
@@ -166,12 +172,18 @@ impl Jobs {
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut Job)) {
+        self.change(id, true, change);
+    }
+
+    /// Applies `change` to running job `id`; if that ends it, its journal entry goes too when
+    /// `forget` (not so for a job cut short by a stop of the controller: the next start reports it).
+    fn change(&self, id: &str, forget: bool, change: impl FnOnce(&mut Job)) {
         let mut t = self.table();
         let Some(i) = t.running.iter().position(|j| j.id == id) else { return };
         change(&mut t.running[i]);
         let job = t.running[i].clone();
         if job.state != JobState::Running {
-            if let Some(path) = self.journal_path(id) {
+            if let Some(path) = self.journal_path(id).filter(|_| forget) {
                 let _ = std::fs::remove_file(path);
             }
             t.running.remove(i);
@@ -303,9 +315,72 @@ impl JobHandle {
 }
 
 impl Drop for JobHandle {
+    /// Dropped unfinished: its task panicked, or was cancelled because the controller is stopping
+    /// (a SIGTERM while the work still ran). Only the latter leaves its journal entry, so that the
+    /// next start reports the job as interrupted, as it would after a kill.
     fn drop(&mut self) {
-        if !self.done {
-            self.fail("interrupted");
+        if self.done {
+            return;
         }
+        let panicked = std::thread::panicking();
+        let message = if panicked { "failed: internal error" } else { INTERRUPTED };
+        self.jobs.change(&self.id, panicked, |j| {
+            j.state = JobState::Failed;
+            j.message = Some(message.into());
+            j.finished_at = Some(rfc3339(now_unix()));
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reopened(dir: &std::path::Path) -> Vec<Job> {
+        let jobs = Jobs::with_journal(dir.to_path_buf()).expect("journal");
+        let t = jobs.table();
+        t.running.iter().chain(t.finished.iter()).cloned().collect()
+    }
+
+    #[test]
+    fn a_job_dropped_by_a_stopping_controller_shows_as_interrupted_after_the_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jobs = Arc::new(Jobs::with_journal(dir.path().to_path_buf()).expect("journal"));
+        let mut done = jobs.begin("backup", Some("vm1"), "alice");
+        done.succeed(None);
+        drop(jobs.begin("restore", Some("vm1"), "alice"));
+        drop(jobs);
+        let after = reopened(dir.path());
+        assert_eq!(after.len(), 1, "only the dropped one is reported: {after:?}");
+        assert_eq!(after[0].kind, "restore");
+        assert_eq!(after[0].state, JobState::Failed);
+        assert_eq!(after[0].message.as_deref(), Some(INTERRUPTED));
+        assert_eq!(after[0].owner, "alice");
+        assert!(reopened(dir.path()).is_empty(), "reported once, not at every start");
+    }
+
+    #[test]
+    fn a_job_whose_task_panicked_is_failed_now_and_not_again_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jobs = Arc::new(Jobs::with_journal(dir.path().to_path_buf()).expect("journal"));
+        let handle = jobs.begin("clone", None, "bob");
+        let panicked = std::thread::spawn(move || {
+            let _handle = handle;
+            panic!("work went wrong");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let admin = SessionUser {
+            username: "root".into(),
+            is_admin: true,
+            jti: String::new(),
+            must_change_password: false,
+        };
+        let seen = jobs.visible(&admin);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].state, JobState::Failed);
+        assert_eq!(seen[0].message.as_deref(), Some("failed: internal error"));
+        drop(jobs);
+        assert!(reopened(dir.path()).is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! The controller SIGKILLed in the middle of long work (a full clone, a backup, a restore, an ISO
-//! upload), then started again: nothing half-made is visible, the database and the files agree,
+//! upload, a live backup and snapshot, a volume create), then started again: nothing half-made is visible, the database and the files agree,
 //! the interrupted job shows as failed with the reason, and the same operation then succeeds.
 
 mod common;
@@ -32,6 +32,13 @@ async fn post(
     Ok((status, r.json().await.unwrap_or(Value::Null)))
 }
 
+/// Creates a VM: its id.
+async fn create_vm(client: &Client, server: &Fastvm, token: &str, spec: Value) -> Result<String, BoxError> {
+    let (status, vm) = post(client, server, token, "/api/vms", spec).await?;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    Ok(vm["vm"]["id"].as_str().ok_or("id")?.to_string())
+}
+
 /// The data directory's files, but for the database, the job journal and the run directory.
 fn files(dir: &Path) -> BTreeSet<PathBuf> {
     fn walk(dir: &Path, root: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -56,18 +63,30 @@ fn files(dir: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
-/// Waits until a job of `kind` runs and has done some of its work.
-async fn job_under_way(client: &Client, server: &Fastvm, token: &str, kind: &str) -> Result<(), BoxError> {
-    for _ in 0..2000 {
+/// Waits until a job answers to `wanted`.
+async fn wait_for_job(
+    client: &Client,
+    server: &Fastvm,
+    token: &str,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Result<(), BoxError> {
+    for _ in 0..4000 {
         let jobs = get(client, server, token, "/api/jobs").await?;
-        let running =
-            jobs.as_array().into_iter().flatten().any(|j| j["kind"] == kind && j["state"] == "running");
-        if running {
+        if jobs.as_array().into_iter().flatten().any(&wanted) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Err(format!("no {kind} job ran").into())
+    Err(format!("no job {what}").into())
+}
+
+/// Waits until a job of `kind` runs.
+async fn job_under_way(client: &Client, server: &Fastvm, token: &str, kind: &str) -> Result<(), BoxError> {
+    wait_for_job(client, server, token, &format!("{kind} ran"), |j| {
+        j["kind"] == kind && j["state"] == "running"
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,9 +210,7 @@ async fn a_live_backup_cut_short_leaves_the_vm_running_and_the_next_one_works() 
     let server = Fastvm::spawn(data.path(), &[])?;
     let admin = server.admin_token(&client).await?;
     let spec = json!({"name": "live", "memory": 128, "cpus": 1, "disk_size": 2, "firmware": "bios"});
-    let (status, vm) = post(&client, &server, &admin, "/api/vms", spec).await?;
-    assert_eq!(status, StatusCode::OK, "{vm}");
-    let id = vm["vm"]["id"].as_str().ok_or("id")?.to_string();
+    let id = create_vm(&client, &server, &admin, spec).await?;
     let vm_dir = data.path().join("vms").join(&id);
     std::fs::create_dir_all(&vm_dir)?;
     // 512 MiB, smaller than the 2 GB its record says, as a restored disk may be: the live copy
@@ -241,5 +258,146 @@ async fn a_live_backup_cut_short_leaves_the_vm_running_and_the_next_one_works() 
     let (status, body) =
         post(&client, &server, &admin, &format!("/api/vms/{id}/stop?force=true"), json!(null)).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
+    Ok(())
+}
+
+/// The names of the internal snapshots in an image (`-U`: while its VM runs).
+fn image_snapshots(image: &Path) -> Result<Vec<String>, BoxError> {
+    let out =
+        Command::new("qemu-img").args(["info", "-U", "-f", "qcow2", "--output=json"]).arg(image).output()?;
+    let info: Value = serde_json::from_slice(&out.stdout)?;
+    let names = info["snapshots"].as_array().into_iter().flatten();
+    Ok(names.filter_map(|s| s["name"].as_str().map(String::from)).collect())
+}
+
+/// A live snapshot, cut short while QEMU writes the guest's RAM: QEMU finishes the save on its own,
+/// which leaves a snapshot in the image that no record names. The next start removes it, the guest
+/// keeps running (not left paused), and the next snapshot works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_snapshot_cut_short_leaves_no_unrecorded_snapshot_and_the_next_one_works() -> TestResult {
+    let data = tempfile::tempdir()?;
+    let _reaper = common::guest::VmReaper(data.path().to_path_buf());
+    let client = Client::new();
+    let server = Fastvm::spawn(data.path(), &[])?;
+    let admin = server.admin_token(&client).await?;
+    // Much RAM (untouched, so it costs the host nothing), so that its save lasts long enough
+    // (half a second) to be killed in the middle of.
+    let spec = json!({"name": "snap", "memory": 8192, "cpus": 1, "disk_size": 1, "firmware": "bios"});
+    let id = create_vm(&client, &server, &admin, spec).await?;
+    let (status, body) = post(&client, &server, &admin, &format!("/api/vms/{id}/start"), json!(null)).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let qemu = common::guest::qemu_pids(&id);
+    assert_eq!(qemu.len(), 1);
+    let disk = data.path().join("vms").join(&id).join("disk0.qcow2");
+
+    let before = files(data.path());
+    let request = {
+        let url = server.url(&format!("/api/vms/{id}/snapshots"));
+        let (client, admin) = (client.clone(), admin.clone());
+        tokio::spawn(
+            async move { client.post(url).bearer_auth(admin).json(&json!({"name": "a"})).send().await },
+        )
+    };
+    let saving = "saving the guest's RAM and disks";
+    wait_for_job(&client, &server, &admin, saving, |j| j["kind"] == "snapshot" && j["phase"] == saving)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(server);
+    let _ = request.await;
+    let server = Fastvm::spawn(data.path(), &[])?;
+    let admin = server.admin_token(&client).await?;
+
+    assert_eq!(common::guest::qemu_pids(&id), qemu, "the VM kept running through the kill");
+    let jobs = get(&client, &server, &admin, "/api/jobs").await?;
+    let cut =
+        jobs.as_array().into_iter().flatten().find(|j| j["kind"] == "snapshot" && j["state"] == "failed");
+    let cut = cut.ok_or_else(|| format!("no failed snapshot job in {jobs}"))?;
+    assert!(cut["message"].as_str().is_some_and(|m| m.starts_with("interrupted")), "{cut}");
+    // QEMU's save ends on its own; then the start's sweep removes what it made.
+    let mut left = image_snapshots(&disk)?;
+    for _ in 0..600 {
+        if left.is_empty() && server.log_text().contains("removed a snapshot with no record") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = image_snapshots(&disk)?;
+    }
+    assert!(left.is_empty(), "an unrecorded snapshot stays in the image: {left:?}");
+    assert!(
+        server.log_text().contains("removed a snapshot with no record"),
+        "the kill came before QEMU began the save: the test did not test the leftover"
+    );
+    let snapshots = get(&client, &server, &admin, &format!("/api/vms/{id}/snapshots")).await?;
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(0), "{snapshots}");
+    assert_eq!(files(data.path()), before, "nothing half-made stays");
+    let vm = get(&client, &server, &admin, &format!("/api/vms/{id}")).await?;
+    assert_eq!(
+        (&vm["status"], &vm["state"]),
+        (&json!("running"), &json!("running")),
+        "not left paused: {vm}"
+    );
+
+    let (status, body) =
+        post(&client, &server, &admin, &format!("/api/vms/{id}/snapshots"), json!({"name": "a"})).await?;
+    assert_eq!(status, StatusCode::OK, "the snapshot again after the kill: {body}");
+    let tag = format!("fastvm-{}", body["snapshot"]["id"].as_str().ok_or("snapshot id")?);
+    assert_eq!(image_snapshots(&disk)?, vec![tag], "the image holds exactly the recorded snapshot");
+    let (status, body) =
+        post(&client, &server, &admin, &format!("/api/vms/{id}/stop?force=true"), json!(null)).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Ok(())
+}
+
+/// A volume create cut short while its image is written (a qemu-img slowed down on purpose): no
+/// volume is listed, no image is left, and the same create then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_create_cut_short_leaves_no_image_and_can_be_done_again() -> TestResult {
+    let data = tempfile::tempdir()?;
+    let real = Command::new("sh").args(["-c", "command -v qemu-img"]).output()?;
+    let real = String::from_utf8(real.stdout)?.trim().to_string();
+    assert!(!real.is_empty(), "qemu-img is needed");
+    // The image is complete, and then qemu-img lingers: the kill comes before it is in place.
+    let bin = data.path().join("slow-bin");
+    std::fs::create_dir_all(&bin)?;
+    let wrapper = bin.join("qemu-img");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\n\"{real}\" \"$@\" || exit $?\n[ \"$1\" = create ] && sleep 5\nexit 0\n"),
+    )?;
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let data_dir = data.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let client = Client::new();
+    let server = Fastvm::spawn(&data_dir, &[("PATH", path.as_str())])?;
+    let admin = server.admin_token(&client).await?;
+    let before = files(&data_dir);
+    let request = {
+        let (client, url, admin) = (client.clone(), server.url("/api/volumes"), admin.clone());
+        let body = json!({"name": "v", "size_gb": 1});
+        tokio::spawn(async move { client.post(url).bearer_auth(admin).json(&body).send().await })
+    };
+    let volumes_dir = data_dir.join("volumes");
+    let mut partial = false;
+    for _ in 0..500 {
+        partial = std::fs::read_dir(&volumes_dir).into_iter().flatten().flatten().next().is_some();
+        if partial {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(partial, "the image was being written");
+    drop(server);
+    let _ = request.await;
+    let server = Fastvm::spawn(&data_dir, &[])?;
+    let admin = server.admin_token(&client).await?;
+    assert_eq!(files(&data_dir), before, "the half-made image is gone");
+    let volumes = get(&client, &server, &admin, "/api/volumes").await?;
+    assert_eq!(volumes.as_array().map(Vec::len), Some(0), "{volumes}");
+    let (status, body) =
+        post(&client, &server, &admin, "/api/volumes", json!({"name": "v", "size_gb": 1})).await?;
+    assert_eq!(status, StatusCode::OK, "the create again: {body}");
+    let volumes = get(&client, &server, &admin, "/api/volumes").await?;
+    assert_eq!(volumes.as_array().map(Vec::len), Some(1), "{volumes}");
     Ok(())
 }

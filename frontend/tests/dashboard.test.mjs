@@ -3,7 +3,7 @@
 // to another host. Screenshots go to $FASTVM_SCREENSHOTS (default: frontend/screenshots).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -57,8 +57,13 @@ before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), 'fastvm-ui-'));
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
+  // A test run keeps every server's log, at every level of our code, for tests/logs/scan_secrets.py.
+  const keptLogs = process.env.FASTVM_TEST_LOGS;
+  if (keptLogs) mkdirSync(keptLogs, { recursive: true });
+  const stderr = keptLogs ? openSync(join(keptLogs, `ui-${port}.log`), 'w') : 'inherit';
   server = spawn(fastvm, ['serve'], {
     env: {
+      ...(keptLogs && !process.env.RUST_LOG ? { RUST_LOG: 'info,controller=trace,fastvm=trace,tower_http=debug' } : {}),
       ...process.env,
       FASTVM_LISTEN: `127.0.0.1:${port}`,
       FASTVM_DATA_DIR: dataDir,
@@ -72,7 +77,7 @@ before(async () => {
       FASTVM_VMRUNNER: vmrunner,
       FASTVM_METRICS_INTERVAL: '2',
     },
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: ['ignore', 'ignore', stderr],
   });
   for (let i = 0; ; i++) {
     try {
@@ -91,6 +96,9 @@ after(async () => {
   if (server) {
     server.kill('SIGTERM');
     await new Promise((r) => server.once('exit', r));
+  }
+  if (process.env.FASTVM_TEST_LOGS && existsSync(join(dataDir, 'jwt_secret'))) {
+    copyFileSync(join(dataDir, 'jwt_secret'), join(process.env.FASTVM_TEST_LOGS, `ui-${base.split(':').pop()}.secrets`));
   }
   // VMs this test started end with the server's data: force-stop what may still run.
   spawn('pkill', ['-f', dataDir]).once('exit', () => rmSync(dataDir, { recursive: true, force: true }));

@@ -8,7 +8,10 @@ start_controller() {
     return 1
   fi
   CONTROLLER_DATA=$(mktemp -d)
-  FASTVM_DATA_DIR=$CONTROLLER_DATA FASTVM_LISTEN=$address FASTVM_ACCEL=tcg FASTVM_BCRYPT_COST=4 \
+  # A test run searches every server's log, at every level of our code, for credentials.
+  local level=${RUST_LOG:-info}
+  [ -z "${FASTVM_TEST_LOGS:-}" ] || level=${RUST_LOG:-info,controller=trace,fastvm=trace,tower_http=debug}
+  RUST_LOG=$level FASTVM_DATA_DIR=$CONTROLLER_DATA FASTVM_LISTEN=$address FASTVM_ACCEL=tcg FASTVM_BCRYPT_COST=4 \
     FASTVM_LOGIN_RATE_LIMIT=off "$bin" serve >"$CONTROLLER_DATA/controller.log" 2>&1 &
   CONTROLLER_PID=$!
   trap stop_controller EXIT
@@ -27,6 +30,10 @@ stop_controller() {
   local status=$?
   kill "$CONTROLLER_PID" 2>/dev/null && wait "$CONTROLLER_PID" 2>/dev/null
   [ "$status" -eq 0 ] || tail -n 30 "$CONTROLLER_DATA/controller.log" >&2
+  if [ -n "${FASTVM_TEST_LOGS:-}" ] && mkdir -p "$FASTVM_TEST_LOGS"; then
+    cp "$CONTROLLER_DATA/controller.log" "$FASTVM_TEST_LOGS/client-$CONTROLLER_PID.log"
+    [ ! -f "$CONTROLLER_DATA/jwt_secret" ] || cp "$CONTROLLER_DATA/jwt_secret" "$FASTVM_TEST_LOGS/client-$CONTROLLER_PID.secrets"
+  fi
   rm -rf "$CONTROLLER_DATA"
   [ -z "${EXTRA_CLEANUP:-}" ] || eval "$EXTRA_CLEANUP"
   exit "$status"

@@ -58,7 +58,19 @@ async fn create_snapshot(
 ) -> ApiResult<Json<SnapshotResponse>> {
     audit.action("snapshot.create").target(&vm_id).details(&req.name);
     state.vms.owned(&user, &vm_id).await?;
-    let snapshot = snapshots::take(&state.vms, &vm_id, &req).await?;
+    snapshots::check(&req)?;
+    // A job: a live snapshot writes the guest's RAM, which takes a while, and it is journaled so
+    // that a snapshot cut short by a kill is reported and its leftover removed at the next start.
+    let vms = state.vms.clone();
+    let id = vm_id.clone();
+    let snapshot = state
+        .jobs
+        .run("snapshot", Some(&vm_id), &user.username, move |progress| async move {
+            let snapshot = snapshots::take(&vms, &id, &req, &progress).await?;
+            let sid = snapshot.id.clone();
+            Ok((snapshot, Some(sid)))
+        })
+        .await?;
     audit.details(&snapshot.id);
     let message = format!("Snapshot {} created", snapshot.name);
     Ok(Json(SnapshotResponse { success: true, message, snapshot }))

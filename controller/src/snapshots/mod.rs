@@ -1,8 +1,9 @@
 //! Snapshots: internal qcow2 snapshots of every disk of the VM; on a running VM a live snapshot
 //! that includes RAM (QMP `snapshot-save`), which restores to a running guest exactly where it was.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use vmrunner::argv::{DiskFormat, volume_ids};
 use vmrunner::validate::validate_name;
 
 use crate::error::{ApiError, ApiResult};
+use crate::jobs::Progress;
 use crate::qmp::Command as Qmp;
 use crate::storage;
 use crate::store::{now_unix, rfc3339};
@@ -152,7 +154,16 @@ async fn offline(vms: &VmManager, disks: &[Disk], op: &str, tag: &str, undo: Opt
 
 /// Runs a QMP snapshot job to its end.
 async fn job(held: &Held<'_>, command: impl FnOnce(&str) -> Qmp) -> ApiResult<()> {
-    let result = held.qmp_job(command, JOB_TIMEOUT, &|_, _| {}).await;
+    job_reporting(held, command, &|_, _| {}).await
+}
+
+/// As `job`, telling `progress` how far QEMU is.
+async fn job_reporting(
+    held: &Held<'_>,
+    command: impl FnOnce(&str) -> Qmp,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> ApiResult<()> {
+    let result = held.qmp_job(command, JOB_TIMEOUT, progress).await;
     // The guest is paused while its RAM is written; whatever happened, it must not stay paused.
     if held.state == crate::vms::lifecycle::VmState::Running
         && crate::qmp::status(&held.monitor()).await.as_deref() == Some("paused")
@@ -160,6 +171,84 @@ async fn job(held: &Held<'_>, command: impl FnOnce(&str) -> Qmp) -> ApiResult<()
         let _ = held.qmp(&Qmp::cont()).await;
     }
     result.map_err(|e| ApiError::Operation(format!("{e:#}")))
+}
+
+/// Prefix of the tag of every internal snapshot the controller makes.
+const TAG_PREFIX: &str = "fastvm-";
+
+/// Removes internal snapshots of ours that no record names. A controller killed while QEMU saved a
+/// live snapshot leaves one behind (QEMU finishes the save on its own): never listed, it would only
+/// hold space. Runs under the VM's exclusive lock, so no snapshot of ours is between its save and
+/// its record. How many went.
+async fn sweep(vms: &VmManager, held: &Held<'_>) -> ApiResult<usize> {
+    let live = held.live();
+    if live {
+        settle(held).await?;
+    }
+    let vm_id = held.vm.id.clone();
+    let recorded: HashSet<String> = vms
+        .store
+        .call(move |c| {
+            let mut stmt = c.prepare("SELECT tag FROM snapshots WHERE vm_id = ?1")?;
+            let rows = stmt.query_map([vm_id], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await?;
+    let mut removed = 0;
+    for (disk, format, _) in all_disks(vms, &held.vm).await? {
+        if format == DiskFormat::Raw || !disk.path.exists() {
+            continue;
+        }
+        let names = storage::snapshot_names(&vms.qemu_img, &disk.path).await?;
+        for tag in names.iter().filter(|n| n.starts_with(TAG_PREFIX) && !recorded.contains(*n)) {
+            if live {
+                job(held, |j| Qmp::snapshot_delete(j, tag, &[disk.node.as_str()])).await?;
+            } else {
+                offline(vms, std::slice::from_ref(&disk), "-d", tag, None).await?;
+            }
+            tracing::info!(vm_id = held.vm.id, tag, "removed a snapshot with no record (an interrupted one)");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Waits until no snapshot job QEMU runs is left from before a restart, and dismisses those that
+/// ended (no one else would).
+async fn settle(held: &Held<'_>) -> ApiResult<()> {
+    let failed = |e: anyhow::Error| ApiError::Operation(format!("{e:#}"));
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        let mut busy = false;
+        for j in held.qmp(&Qmp::query_jobs()).await.map_err(failed)?.as_array().into_iter().flatten() {
+            if !j["type"].as_str().is_some_and(|t| t.starts_with("snapshot-")) {
+                continue;
+            }
+            match (j["status"].as_str(), j["id"].as_str()) {
+                (Some("concluded"), Some(id)) => {
+                    let _ = held.qmp(&Qmp::job_dismiss(id)).await;
+                }
+                (Some("null"), _) => {}
+                _ => busy = true,
+            }
+        }
+        if !busy {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ApiError::Conflict(
+                "QEMU is still writing a snapshot begun before the controller restarted: try again later"
+                    .into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// After a restart, for a VM whose snapshot was cut short: its unrecorded snapshot goes.
+pub async fn sweep_interrupted(vms: &VmManager, vm_id: &str) -> ApiResult<usize> {
+    let held = vms.enter(vm_id, Op::DeleteSnapshot).await?;
+    sweep(vms, &held).await
 }
 
 /// Snapshots of a VM, oldest first, with the size of their saved RAM.
@@ -193,12 +282,23 @@ pub async fn list(vms: &VmManager, vm: &VmRecord) -> ApiResult<Vec<Snapshot>> {
     Ok(snaps)
 }
 
-/// Takes a snapshot: of the disks of a stopped VM, or live (disks and RAM) of a running one.
-pub async fn take(vms: &VmManager, vm_id: &str, req: &CreateSnapshot) -> ApiResult<Snapshot> {
+/// Refuses (400) a request no VM could take.
+pub fn check(req: &CreateSnapshot) -> ApiResult<()> {
     validate_name(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if req.description.len() > 1000 {
         return Err(ApiError::BadRequest("description: at most 1000 characters".into()));
     }
+    Ok(())
+}
+
+/// Takes a snapshot: of the disks of a stopped VM, or live (disks and RAM) of a running one.
+pub async fn take(
+    vms: &VmManager,
+    vm_id: &str,
+    req: &CreateSnapshot,
+    progress: &Progress,
+) -> ApiResult<Snapshot> {
+    check(req)?;
     let held = vms.enter(vm_id, Op::TakeSnapshot).await?;
     let vm = &held.vm;
     let (v, n) = (vm.id.clone(), req.name.clone());
@@ -216,13 +316,17 @@ pub async fn take(vms: &VmManager, vm_id: &str, req: &CreateSnapshot) -> ApiResu
         return Err(ApiError::Conflict(format!("name: this VM already has a snapshot called {}", req.name)));
     }
     let disks = disks(vms, vm).await?;
+    sweep(vms, &held).await?;
     let id = crate::store::new_id();
-    let tag = format!("fastvm-{id}");
+    let tag = format!("{TAG_PREFIX}{id}");
     let live = held.live();
     if live {
         let devices: Vec<&str> = disks.iter().map(|d| d.node.as_str()).collect();
-        job(&held, |job| Qmp::snapshot_save(job, &tag, "disk0", &devices)).await?;
+        progress.phase("saving the guest's RAM and disks");
+        let report = |done, total| progress.bytes(done, total, 0.0, 0.95);
+        job_reporting(&held, |job| Qmp::snapshot_save(job, &tag, "disk0", &devices), &report).await?;
     } else {
+        progress.phase("snapshotting the disks");
         if !disks[0].path.exists() {
             // Never started: its disk is created now, so the snapshot has something to hold.
             storage::create_image(&vms.qemu_img, &disks[0].path, "qcow2", vm.spec.disk_size).await?;

@@ -64,7 +64,16 @@ impl TestServer {
     pub async fn start_in(data_dir: tempfile::TempDir, tweak: impl FnOnce(&mut Settings)) -> TestServer {
         let mut settings = test_settings(data_dir.path());
         tweak(&mut settings);
+        keep_logs();
         let state = app::prepare(settings).await.expect("prepare app");
+        if let Some(dir) = std::env::var_os("FASTVM_TEST_LOGS") {
+            let id =
+                data_dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if let Ok(secret) = std::fs::read(data_dir.path().join("jwt_secret")) {
+                let _ =
+                    std::fs::write(std::path::Path::new(&dir).join(format!("inproc-{id}.secrets")), secret);
+            }
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -185,6 +194,32 @@ impl TestServer {
         assert_eq!(status, StatusCode::OK, "create {username}: {body}");
     }
 }
+/// In a test run that keeps logs (FASTVM_TEST_LOGS, set by scripts/test.sh), this test binary's
+/// in-process servers log at every level of our code into one file there, which
+/// `tests/logs/scan_secrets.py` searches for credentials. The first call installs it.
+fn keep_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(dir) = std::env::var_os("FASTVM_TEST_LOGS") else { return };
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let Ok(file) = std::fs::File::create(dir.join(format!("inproc-{binary}-{}.log", std::process::id())))
+        else {
+            return;
+        };
+        // A test that installed its own subscriber first keeps it.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,controller=trace,tower_http=debug"))
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    });
+}
+
 pub mod guest;
 pub mod process;
 

@@ -1,8 +1,8 @@
 //! The real `fastvm` binary as a child process, for tests of the command line and of restarts.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,15 @@ pub struct Fastvm {
     pub addr: SocketAddr,
     /// Every line the server logged (JSON), collected in the background.
     pub logs: Arc<Mutex<Vec<String>>>,
+    data_dir: PathBuf,
+}
+
+/// Where a test run keeps every server's log for `tests/logs/scan_secrets.py` (set by
+/// scripts/test.sh): the logs of a whole run are searched for credentials.
+fn kept_logs() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("FASTVM_TEST_LOGS")?);
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
 }
 
 pub type BoxError = Box<dyn std::error::Error>;
@@ -33,10 +42,19 @@ impl Fastvm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let keep = kept_logs();
+        if keep.is_some() && std::env::var_os("RUST_LOG").is_none() {
+            // Every level of our own code (and the request spans) is searched.
+            cmd.env("RUST_LOG", "info,controller=trace,fastvm=trace,tower_http=debug");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn()?;
+        let mut kept = match &keep {
+            Some(dir) => Some(std::fs::File::create(dir.join(format!("fastvm-{}.log", child.id())))?),
+            None => None,
+        };
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -47,6 +65,9 @@ impl Fastvm {
                     if v["fields"]["message"] == "Fast VM listening" {
                         let _ = tx.send(v["fields"]["address"].as_str().unwrap_or_default().to_string());
                     }
+                }
+                if let Some(file) = kept.as_mut() {
+                    let _ = writeln!(file, "{line}");
                 }
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
@@ -59,7 +80,7 @@ impl Fastvm {
                 return Err(format!("fastvm did not start listening:\n{logs}").into());
             }
         };
-        Ok(Fastvm { child, addr, logs })
+        Ok(Fastvm { child, addr, logs, data_dir: data_dir.to_path_buf() })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -108,5 +129,9 @@ impl Drop for Fastvm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The secret its tokens were signed with: the search looks for it verbatim.
+        if let (Some(dir), Ok(secret)) = (kept_logs(), std::fs::read(self.data_dir.join("jwt_secret"))) {
+            let _ = std::fs::write(dir.join(format!("fastvm-{}.secrets", self.child.id())), secret);
+        }
     }
 }
