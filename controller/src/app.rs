@@ -51,7 +51,7 @@ use crate::{auth, backups, host, http, metrics, system, vms, web};
         (name = "cloudinit", description = "Cloud-init seed ISOs"),
         (name = "isos", description = "The ISO library"),
         (name = "snapshots", description = "VM snapshots, with or without RAM"),
-        (name = "backups", description = "Verified backup archives, restore"),
+        (name = "backups", description = "Incremental, deduplicated backups: take, verify, download, restore"),
         (name = "consoles", description = "SPICE and VNC consoles: browser WebSocket proxy, remote-viewer"),
         (name = "metrics", description = "Host and VM metrics: current, history, live push"),
         (name = "jobs", description = "Long-running work (backups, restores) and its progress"),
@@ -134,7 +134,11 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
     ));
     let metrics = Arc::new(Metrics::new(Duration::from_secs(settings.metrics_interval)));
     let jobs_dir = settings.data_dir.join("jobs");
+    let chunks = Arc::new(backups::chunks::ChunkStore::open(&backups::chunks_dir(
+        &settings.data_dir.join("backups"),
+    ))?);
     let state = AppState {
+        chunks,
         consoles,
         metrics,
         login_limiter: Arc::new(LoginLimiter::new(settings.login_rate_limit)),
@@ -155,6 +159,30 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
             });
         }
     }
+    if state.settings.backup_verify_hours > 0 {
+        let (verifier, every) =
+            (state.backups(), Duration::from_secs(state.settings.backup_verify_hours * 3600));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match backups::verify_job(&verifier, "admin", None).await {
+                    Ok(v) if v.ok => {
+                        tracing::info!(chunks = v.chunks_checked, "scheduled backup verification: all sound")
+                    }
+                    Ok(v) => {
+                        tracing::error!(message = v.message, "scheduled backup verification found damage")
+                    }
+                    Err(e) => tracing::error!(error = %e, "scheduled backup verification failed"),
+                }
+            }
+        });
+    }
+    let recovering = state.backups();
+    tokio::spawn(async move {
+        if let Err(e) = backups::recover(&recovering).await {
+            tracing::warn!(error = %e, "could not look for backup manifests without a record");
+        }
+    });
     metrics::start_collector(state.metrics.clone(), state.vms.clone(), state.settings.data_dir.clone());
     let scheduler = state.clone();
     tokio::spawn(async move {

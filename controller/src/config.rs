@@ -82,6 +82,9 @@ pub struct Settings {
     /// Shortest time between two scheduled backups of a VM, in seconds.
     #[arg(long, env = "FASTVM_BACKUP_MIN_INTERVAL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub backup_min_interval: u64,
+    /// Hours between verifications of every backup chunk (0: never; on demand only).
+    #[arg(long, env = "FASTVM_BACKUP_VERIFY_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(0..=8760))]
+    pub backup_verify_hours: u64,
     /// Largest ISO image an upload may bring, in GB.
     #[arg(long, env = "FASTVM_MAX_ISO_GB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_iso_gb: u64,
@@ -161,6 +164,7 @@ impl Settings {
             metrics_interval: 10,
             max_iso_gb: 64,
             backup_min_interval: 300,
+            backup_verify_hours: 24,
             metrics_allow: String::new(),
             trusted_proxies: String::new(),
         }

@@ -22,6 +22,8 @@ pub struct AppState {
     pub consoles: Arc<Consoles>,
     pub metrics: Arc<Metrics>,
     pub default_password: Arc<crate::auth::DefaultPassword>,
+    /// The backups' chunks (one store: what backups under way pin, garbage collection spares).
+    pub chunks: Arc<crate::backups::chunks::ChunkStore>,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
             vms: self.vms.clone(),
             jobs: self.jobs.clone(),
             dir: self.settings.data_dir.join("backups"),
+            chunks: self.chunks.clone(),
         }
     }
 }

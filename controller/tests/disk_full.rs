@@ -165,13 +165,22 @@ async fn long_work_that_fills_the_disk_is_refused_whole_and_gives_the_space_back
         let out = cmd.output()?;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    std::fs::remove_file(&raw)?;
     let (status, body) = s.post(&format!("/api/vms/{vm}/snapshots"), &admin, json!({"name": "s1"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) =
         s.call(reqwest::Method::POST, &format!("/api/vms/{vm}/backup"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let backup = body["id"].as_str().ok_or("backup id")?.to_string();
+    std::fs::remove_file(&raw)?;
+    // New data since: a backup now has chunks to store (one of unchanged data stores none, and
+    // succeeds on a full disk).
+    let reversed: Vec<u8> = random.iter().rev().map(|b| b ^ 0xa5).collect();
+    let changed = root.join("changed.raw");
+    std::fs::write(&changed, &reversed)?;
+    let write = format!("write -s {} 0 12M", changed.display());
+    let out = Command::new("qemu-io").args(["-f", "qcow2", "-c", &write]).arg(&disk).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(&changed)?;
     let disk_before = std::fs::read(&disk)?;
 
     let filler = fill(&root, 4 << 20)?;

@@ -505,23 +505,43 @@ async fn quotas_stop_growth_everywhere_it_can_happen() -> TestResult {
 
 #[tokio::test]
 async fn the_data_directory_is_private_whatever_the_umask() -> TestResult {
-    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // An operator's lax umask at start; the server sets its own for the process (putting the old
+    // one back after it started would be a change no operator can make, and made this test
+    // depend on which tests ran before it).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let s = TestServer::start().await;
-    nix::sys::stat::umask(previous);
     let admin = s.admin_token().await;
     let (_, vm) = s.post("/api/vms", &admin, serde_json::from_str(SPEC)?).await;
     let id = vm["vm"]["id"].as_str().ok_or("id")?;
     let (_, vol) = s.post("/api/volumes", &admin, json!({"name": "data", "size_gb": 1})).await;
     let (_, seed) = s.post("/api/cloudinit", &admin, json!({"hostname": "private"})).await;
+    // A disk, so that the backup stores a chunk.
+    let disk = s.data_dir.path().join("vms").join(id).join("disk0.qcow2");
+    std::fs::create_dir_all(disk.parent().ok_or("vm dir")?)?;
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("1G")
+        .status()?;
+    assert!(made.success());
     let (status, _) = s.call(Method::POST, &format!("/api/vms/{id}/backup"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK);
     let data = s.data_dir.path();
-    let backup =
-        std::fs::read_dir(data.join("backups"))?.filter_map(Result::ok).next().ok_or("backup")?.path();
+    let in_dir = |dir: &Path| -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+        let first = std::fs::read_dir(dir)?.filter_map(Result::ok).find(|e| e.path().is_file());
+        Ok(first.ok_or("no file")?.path())
+    };
+    let backup = in_dir(&data.join("backups"))?;
+    let chunk_dir = std::fs::read_dir(data.join("backups/chunks"))?
+        .filter_map(Result::ok)
+        .next()
+        .ok_or("chunk dir")?
+        .path();
+    let chunk = in_dir(&chunk_dir)?;
     let mode = |p: &Path| -> std::io::Result<u32> {
         Ok(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p)?.permissions()) & 0o777)
     };
-    for dir in ["", "vms", "volumes", "images", "backups", "cloudinit", "base", "run"] {
+    for dir in ["", "vms", "volumes", "images", "backups", "backups/chunks", "cloudinit", "base", "run"] {
         assert_eq!(mode(&data.join(dir))?, 0o700, "{dir}/");
     }
     for file in [
@@ -530,6 +550,7 @@ async fn the_data_directory_is_private_whatever_the_umask() -> TestResult {
         Path::new(vol["volume"]["path"].as_str().ok_or("vol")?).to_path_buf(),
         Path::new(seed["iso_path"].as_str().ok_or("seed")?).to_path_buf(),
         backup,
+        chunk,
     ] {
         assert_eq!(mode(&file)?, 0o600, "{}", file.display());
     }

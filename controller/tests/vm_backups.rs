@@ -47,21 +47,36 @@ async fn live_backup_restores_as_a_new_vm_that_boots_with_the_data() -> TestResu
 
     let (_, list) = s.get("/api/backups", &admin).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
-    let size = list[0]["size_bytes"].as_u64().ok_or("size")?;
-    let archive = s.data_dir.path().join("backups").join(list[0]["backup_name"].as_str().ok_or("name")?);
-    let on_disk = std::fs::read(&archive)?;
-    assert_eq!(on_disk.len() as u64, size);
+    assert_eq!(list[0]["storage"], "chunks", "{list}");
+    assert_eq!(list[0]["incremental"], false, "the first backup reads everything");
+    let manifest = manifest_of(s.data_dir.path(), &list[0])?;
+    let chunk = first_chunk(s.data_dir.path(), &manifest, "volumes/")?;
+    let chunk_bytes = std::fs::read(&chunk)?;
 
-    // Download: byte for byte, and resumable.
+    // Download: one standalone archive of today's format, built from the chunks, and resumable.
     let url = s.url(&format!("/api/backups/{backup_id}/download"));
     let full = s.client.get(&url).bearer_auth(&admin).send().await?;
     assert_eq!(full.status(), StatusCode::OK);
-    assert_eq!(full.headers()["content-length"].to_str()?, size.to_string());
+    let length: usize = full.headers()["content-length"].to_str()?.parse()?;
     assert!(full.headers()["content-disposition"].to_str()?.contains(".tar.zst"));
-    assert!(full.bytes().await?.as_ref() == on_disk.as_slice(), "download differs from the archive");
+    let downloaded = full.bytes().await?.to_vec();
+    assert_eq!(downloaded.len(), length);
     let part = s.client.get(&url).bearer_auth(&admin).header("range", "bytes=10-19").send().await?;
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(part.bytes().await?.as_ref(), &on_disk[10..20]);
+    assert_eq!(part.bytes().await?.as_ref(), &downloaded[10..20]);
+    let unpacked = tempfile::tempdir()?;
+    let archive = unpacked.path().join("download.tar.zst");
+    std::fs::write(&archive, &downloaded)?;
+    let extracted = unpacked.path().join("x");
+    std::fs::create_dir(&extracted)?;
+    let read = controller::backups::archive::extract_verified(&archive, &extracted, &|_, _| {})?;
+    assert_eq!(read.vm_name, "backed up");
+    assert!(extracted.join("disk0.qcow2").is_file() && extracted.join("volumes").is_dir());
+    let leftovers = std::fs::read_dir(s.data_dir.path().join("backups"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(leftovers, 0, "the packed download is not kept");
 
     // Restore as a new VM; it boots, and its disk holds what the guest wrote.
     let (status, restored) =
@@ -88,18 +103,34 @@ async fn live_backup_restores_as_a_new_vm_that_boots_with_the_data() -> TestResu
     let new_run = s.data_dir.path().join("run").join(&new_id);
     tokio::task::spawn_blocking(move || wait_serial(&new_run, "FASTVM-GUEST-READY", 1, BOOT)).await?;
 
-    // A damaged archive is refused and nothing is created.
-    let mut damaged = on_disk.clone();
+    // A damaged chunk is refused and nothing is created; so is a missing one.
+    let mut damaged = chunk_bytes.clone();
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0xff;
-    std::fs::write(&archive, &damaged)?;
+    std::fs::write(&chunk, &damaged)?;
     let (status, body) =
         s.post(&format!("/api/backups/{backup_id}/restore"), &admin, json!({"new_name": "never"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    std::fs::write(&archive, &on_disk[..on_disk.len() / 3])?;
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("damaged")), "{body}");
+    // Verification finds it and marks the backup damaged.
+    let (status, found) =
+        s.call(Method::POST, &format!("/api/backups/{backup_id}/verify"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["ok"], false, "{found}");
+    assert_eq!(found["damaged_backups"], json!([backup_id]), "{found}");
+    let (_, list) = s.get("/api/backups", &admin).await;
+    assert_eq!(list[0]["damaged"], true, "{list}");
+    std::fs::remove_file(&chunk)?;
     let (status, _) =
         s.post(&format!("/api/backups/{backup_id}/restore"), &admin, json!({"new_name": "never"})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "a truncated archive is refused");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a missing chunk is refused");
+    std::fs::write(&chunk, &chunk_bytes)?;
+    let (_, found) =
+        s.call(Method::POST, &format!("/api/backups/{backup_id}/verify"), Some(&admin), None).await;
+    assert_eq!(found["ok"], true, "the chunk is back: {found}");
+    let (_, list) = s.get("/api/backups", &admin).await;
+    assert_eq!(list[0]["damaged"], false, "{list}");
+    assert!(list[0]["verified"].is_string(), "{list}");
     let (_, vms) = s.get("/api/vms", &admin).await;
     assert_eq!(vms.as_array().map(Vec::len), Some(2), "no VM from a damaged archive");
     let leftovers = std::fs::read_dir(s.data_dir.path().join("vms"))?
@@ -110,8 +141,30 @@ async fn live_backup_restores_as_a_new_vm_that_boots_with_the_data() -> TestResu
 
     let (status, _) = s.call(Method::DELETE, &format!("/api/backups/{backup_id}"), Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(!archive.exists());
+    assert!(!manifest.exists());
+    assert!(!chunk.exists(), "its chunks go with the last backup that names them");
     Ok(())
+}
+
+/// A chunked backup's manifest file (`backup`: an entry of the list).
+fn manifest_of(data: &std::path::Path, backup: &serde_json::Value) -> Result<std::path::PathBuf, String> {
+    let name = backup["backup_name"].as_str().ok_or("backup_name")?;
+    let stem = name.strip_suffix(".tar.zst").ok_or("name")?;
+    Ok(data.join("backups").join(format!("{stem}.manifest.json")))
+}
+
+/// The file of the first chunk of the first disk whose name starts with `member`.
+fn first_chunk(
+    data: &std::path::Path,
+    manifest: &std::path::Path,
+    member: &str,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest)?)?;
+    let disks = m["disks"].as_array().ok_or("disks")?;
+    let disk =
+        disks.iter().find(|d| d["member"].as_str().is_some_and(|n| n.starts_with(member))).ok_or("disk")?;
+    let id = disk["chunks"][0].as_str().ok_or("chunk")?;
+    Ok(data.join("backups/chunks").join(&id[..2]).join(id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +208,7 @@ async fn schedules_take_backups_and_prune_to_keep() -> TestResult {
     let archives = || -> std::io::Result<usize> {
         Ok(std::fs::read_dir(s.data_dir.path().join("backups"))?
             .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.zst"))
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
             .count())
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -372,9 +425,12 @@ async fn backup_progress_is_readable_and_attached_volumes_come_back() -> TestRes
     assert!(volumes.iter().any(|v| v["id"] == vol_id.as_str() && v["attached_to"] == id.as_str()));
 
     // A failed restore is a failed job, with the reason.
-    let archive = s.data_dir.path().join("backups").join(backup["backup_name"].as_str().ok_or("name")?);
-    let bytes = std::fs::read(&archive)?;
-    std::fs::write(&archive, &bytes[..bytes.len() / 2])?;
+    let (_, list) = s.get("/api/backups", &admin).await;
+    let entry =
+        list.as_array().and_then(|l| l.iter().find(|b| b["id"] == backup_id.as_str())).ok_or("listed")?;
+    let chunk = first_chunk(s.data_dir.path(), &manifest_of(s.data_dir.path(), entry)?, "volumes/")?;
+    let bytes = std::fs::read(&chunk)?;
+    std::fs::write(&chunk, &bytes[..bytes.len() / 2])?;
     let (status, _) =
         s.post(&format!("/api/backups/{backup_id}/restore"), &admin, json!({"new_name": "never"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -413,8 +469,7 @@ async fn a_restart_sweeps_what_an_interrupted_backup_left_and_keeps_the_backups(
     let (_, list) = s.get("/api/backups", &admin).await;
     let kept =
         list.as_array().and_then(|l| l.iter().find(|b| b["id"] == backup["id"])).ok_or("backup kept")?;
-    let name = kept["backup_name"].as_str().ok_or("backup_name")?;
-    assert!(data.join("backups").join(name).is_file(), "{kept}");
+    assert!(manifest_of(&data, kept)?.is_file(), "{kept}");
     let (status, vm) = s.get(&format!("/api/vms/{id}"), &admin).await;
     assert_eq!(status, StatusCode::OK, "{vm}");
     assert!(data.join(format!("vms/{id}/disk0.qcow2")).is_file());

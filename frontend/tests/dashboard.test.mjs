@@ -351,6 +351,22 @@ async function screenDrawn(page, selector = '#console-screen canvas') {
     return false;
   }, selector, { timeout: 30000 }).catch(async (e) => {
     await shoot(page, 'console-not-drawn');
+    // What the page saw, so that a failure in CI says why without its screenshot.
+    const seen = await page.evaluate((sel) => {
+      const canvas = document.querySelector(sel);
+      const colours = new Set();
+      if (canvas && canvas.width > 0 && canvas.height > 0) {
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        for (let i = 0; i < data.length; i += 4 * 97) colours.add(data.slice(i, i + 3).join(','));
+      }
+      return {
+        note: document.querySelector('[data-testid="console-note"]')?.textContent,
+        visibility: document.visibilityState,
+        canvas: canvas ? `${canvas.width}x${canvas.height}` : 'none',
+        colours: [...colours].slice(0, 5),
+      };
+    }, selector).catch((err) => ({ error: String(err) }));
+    e.message += ` (the console: ${JSON.stringify(seen)})`;
     throw e;
   });
 }
@@ -442,6 +458,8 @@ test('the graphical consoles (SPICE and VNC) and the monitoring charts, on a run
   await shoot(popup, 'console-popped-out');
   // Its Close button closes the window (the click itself may not see its end).
   await Promise.all([popup.waitForEvent('close'), popup.getByRole('button', { name: 'Close console' }).click().catch(() => {})]);
+  // Back to the main window, as a user would be (a page behind another window may not draw).
+  await page.bringToFront();
 
   // noVNC: the same drawing and typing; a combination from the key menu.
   clicked = Date.now();

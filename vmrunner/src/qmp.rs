@@ -139,6 +139,43 @@ impl Command {
         )
     }
 
+    /// As `blockdev_backup`, with a new persistent dirty bitmap `new_bitmap` on `device` started at
+    /// the very point the copy is taken (one transaction). With `since`, an incremental copy: only
+    /// what that bitmap marks is copied (and the bitmap is left as it was, so a failed backup can be
+    /// retried from the same point).
+    pub fn blockdev_backup_marked(
+        job_id: &str,
+        device: &str,
+        target: &str,
+        new_bitmap: &str,
+        granularity: u64,
+        since: Option<&str>,
+    ) -> Command {
+        let mut backup = json!({"job-id": job_id, "device": device, "target": target, "sync": "full", "auto-dismiss": false});
+        if let Some(old) = since {
+            backup["sync"] = json!("bitmap");
+            backup["bitmap"] = json!(old);
+            backup["bitmap-mode"] = json!("never");
+        }
+        let add = json!({"node": device, "name": new_bitmap, "persistent": true, "granularity": granularity});
+        Command::with(
+            "transaction",
+            json!({"actions": [
+                {"type": "block-dirty-bitmap-add", "data": add},
+                {"type": "blockdev-backup", "data": backup},
+            ]}),
+        )
+    }
+
+    /// Every block node, with its dirty bitmaps.
+    pub fn query_named_block_nodes() -> Command {
+        Command::with("query-named-block-nodes", json!({"flat": true}))
+    }
+
+    pub fn block_dirty_bitmap_remove(node: &str, name: &str) -> Command {
+        Command::with("block-dirty-bitmap-remove", json!({"node": node, "name": name}))
+    }
+
     /// An internal snapshot `tag` of `devices` with the RAM written to node `vmstate`, as job `job_id`.
     pub fn snapshot_save(job_id: &str, tag: &str, vmstate: &str, devices: &[&str]) -> Command {
         Command::with(

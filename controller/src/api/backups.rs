@@ -12,11 +12,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::audit::Audit;
-use crate::api::session::AuthUser;
+use crate::api::session::{AdminUser, AuthUser};
 use crate::auth::users::SessionUser;
+use crate::backups::chunks::Collected;
 use crate::backups::{
-    Backup, BackupResponse, DownloadQuery, DownloadTicket, RestoreRequest, backup_vm, list, owned, remove,
-    restore_job, restore_upload_job,
+    Backup, BackupResponse, DownloadQuery, DownloadTicket, RestoreRequest, Verification, backup_vm,
+    collect_garbage, list, owned, pack_for_download, remove, restore_job, restore_upload_job, verify_job,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::Message;
@@ -32,6 +33,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(download_ticket))
         .routes(routes!(delete_backup))
         .routes(routes!(restore_backup))
+        .routes(routes!(verify_backup))
+        .routes(routes!(verify_all_backups))
+        .routes(routes!(backup_gc))
         .merge(super::backup_schedules::routes())
         // Archives are gigabytes: no body limit on the upload, which streams to disk.
         .merge(OpenApiRouter::new().routes(routes!(upload_and_restore)).layer(DefaultBodyLimit::disable()))
@@ -59,7 +63,52 @@ async fn create_backup(
         backup_name: backup.backup_name,
         size_mb: backup.size_mb,
         vm_name: backup.vm_name,
+        bytes_read: backup.bytes_read,
+        bytes_written: backup.bytes_written,
+        chunks_reused: backup.chunks_reused,
+        incremental: backup.incremental,
+        full_reason: backup.full_reason,
     }))
+}
+
+/// Re-read every chunk of a backup and check it against its name (an archive: read it through). A
+/// damaged or missing chunk marks every backup that names it damaged.
+#[utoipa::path(post, path = "/api/backups/{backup_id}/verify", tag = "backups", security(("bearer" = [])),
+    params(("backup_id" = String, Path)),
+    responses((status = 200, body = Verification), (status = 404, body = ErrorBody)))]
+async fn verify_backup(
+    State(state): State<AppState>,
+    audit: Audit,
+    AuthUser(user): AuthUser,
+    UrlPath(backup_id): UrlPath<String>,
+) -> ApiResult<Json<Verification>> {
+    audit.action("backup.verify").target(&backup_id);
+    let backup = owned(&state.backups(), &user, &backup_id).await?;
+    Ok(Json(verify_job(&state.backups(), &user.username, Some(backup)).await?))
+}
+
+/// Verify every chunk in the store once (what the scheduled verification does).
+#[utoipa::path(post, path = "/api/backups/verify", tag = "backups", security(("bearer" = [])),
+    responses((status = 200, body = Verification), (status = 403, body = ErrorBody)))]
+async fn verify_all_backups(
+    State(state): State<AppState>,
+    audit: Audit,
+    AdminUser(admin): AdminUser,
+) -> ApiResult<Json<Verification>> {
+    audit.action("backup.verify_all");
+    Ok(Json(verify_job(&state.backups(), &admin.username, None).await?))
+}
+
+/// Remove the chunks no backup names (done after each delete too); safe while backups run.
+#[utoipa::path(post, path = "/api/backups/gc", tag = "backups", security(("bearer" = [])),
+    responses((status = 200, body = Collected), (status = 403, body = ErrorBody)))]
+async fn backup_gc(
+    State(state): State<AppState>,
+    audit: Audit,
+    _admin: AdminUser,
+) -> ApiResult<Json<Collected>> {
+    audit.action("backup.gc");
+    Ok(Json(collect_garbage(&state.backups()).await?))
 }
 
 /// Backups you may see, newest first.
@@ -123,7 +172,15 @@ async fn download_backup(
 ) -> ApiResult<Response> {
     let user = downloader(&state, &headers, q.ticket.as_deref(), &backup_id).await?;
     let backup = owned(&state.backups(), &user, &backup_id).await?;
-    let response = ServeFile::new(&backup.path).oneshot(request).await.context("reading the backup")?;
+    // A chunked backup is packed into one archive first (removed once the answer has it open).
+    let packed = if backup.chunked() {
+        Some(pack_for_download(&state.backups(), &user, &backup).await?)
+    } else {
+        None
+    };
+    let file = packed.as_ref().map_or(std::path::Path::new(&backup.path), |p| p.path());
+    let response = ServeFile::new(file).oneshot(request).await.context("reading the backup")?;
+    drop(packed);
     let mut response = response.map(Body::new).into_response();
     let disposition = format!("attachment; filename=\"{}\"", backup.backup_name);
     if let Ok(v) = HeaderValue::from_str(&disposition) {

@@ -297,7 +297,7 @@ fn safe_name(name: &Path) -> bool {
 
 /// The names a member may have: the VM's disk, UEFI variables and TPM state, and its volumes. Nothing
 /// else is ever written, so an archive cannot drop a file of its choosing into a VM's directory.
-fn allowed_member(name: &str) -> bool {
+pub(super) fn allowed_member(name: &str) -> bool {
     let one_file = |rest: &str| {
         !rest.is_empty()
             && rest.len() <= 100

@@ -2,8 +2,17 @@
 //! taken from a stopped VM or, consistently, from a running one (QMP `blockdev-backup`).
 
 pub mod archive;
+pub mod bitmaps;
+pub mod chunked;
+pub mod chunks;
+pub mod mapped;
+mod materialize;
 pub mod schedule;
+mod take;
+mod upkeep;
 mod write_behind;
+
+pub use upkeep::{Verification, collect_garbage, recover, verify};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,20 +21,17 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::process::Command;
 use utoipa::ToSchema;
 
 use crate::auth::users::SessionUser;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::Progress;
 use crate::quotas::store as quotas;
+use crate::storage;
 use crate::store::{now_unix, rfc3339};
-use crate::vms::held::Held;
 use crate::vms::lifecycle::Op;
 use crate::vms::manager::VmManager;
 use crate::vms::model::VmRecord;
-use crate::{qmp, storage};
 use archive::Manifest;
 use vmrunner::VmSpec;
 use vmrunner::argv::DiskFormat;
@@ -45,10 +51,41 @@ pub struct Backup {
     pub size_bytes: u64,
     /// RFC 3339.
     pub created: String,
+    /// Bytes read from the VM's disks (null: an archive from before chunked backups).
+    pub bytes_read: Option<u64>,
+    /// Bytes of new chunks this backup added to the store (compressed).
+    pub bytes_written: Option<u64>,
+    /// Chunks it names that were already stored (unchanged, or the same data elsewhere).
+    pub chunks_reused: Option<u64>,
+    /// Only what changed since the VM's previous backup was read.
+    pub incremental: bool,
+    /// Why it read everything although the VM had an earlier backup (a bitmap gone or untrusted).
+    pub full_reason: Option<String>,
+    /// A verification found a chunk of it damaged or missing: it cannot be restored whole.
+    pub damaged: bool,
+    /// When it was last verified (RFC 3339).
+    pub verified: Option<String>,
+    /// `chunks` (a manifest in the chunk store) or `archive` (one `.tar.zst`: uploaded, or from
+    /// before chunked backups).
+    pub storage: String,
     #[serde(skip)]
     pub path: String,
     #[serde(skip)]
     pub owner: String,
+}
+
+impl Backup {
+    pub fn chunked(&self) -> bool {
+        self.path.ends_with(MANIFEST_SUFFIX)
+    }
+}
+
+/// How a chunked backup's manifest file is named: `<name>` + this (its download is `<name>.tar.zst`).
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+
+/// Where the chunks of the backups in `backups_dir` are.
+pub fn chunks_dir(backups_dir: &Path) -> PathBuf {
+    backups_dir.join("chunks")
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,25 +96,41 @@ pub struct BackupResponse {
     pub backup_name: String,
     pub size_mb: f64,
     pub vm_name: String,
+    pub bytes_read: Option<u64>,
+    pub bytes_written: Option<u64>,
+    pub chunks_reused: Option<u64>,
+    pub incremental: bool,
+    pub full_reason: Option<String>,
 }
 
 pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
     let path: String = r.get(4)?;
     let size: i64 = r.get(5)?;
+    let file_name =
+        Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let chunked = file_name.strip_suffix(MANIFEST_SUFFIX).map(|stem| format!("{stem}.tar.zst"));
+    let count = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|n| n.max(0) as u64))
+    };
     Ok(Backup {
         scheduled: r.get(7)?,
         id: r.get(0)?,
         vm_id: r.get(1)?,
         vm_name: r.get(2)?,
         owner: r.get(3)?,
-        backup_name: Path::new(&path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        storage: if chunked.is_some() { "chunks" } else { "archive" }.into(),
+        backup_name: chunked.unwrap_or(file_name),
         path,
         size_bytes: size.max(0) as u64,
         size_mb: (size.max(0) as f64 / 1_048_576.0 * 100.0).round() / 100.0,
         created: rfc3339(r.get(6)?),
+        bytes_read: count(8)?,
+        bytes_written: count(9)?,
+        chunks_reused: count(10)?,
+        incremental: r.get(11)?,
+        damaged: r.get(12)?,
+        verified: r.get::<_, Option<i64>>(13)?.map(rfc3339),
+        full_reason: r.get(14)?,
     })
 }
 
@@ -90,10 +143,12 @@ pub struct Ctx {
     pub vms: Arc<VmManager>,
     pub jobs: Arc<crate::jobs::Jobs>,
     pub dir: PathBuf,
+    pub chunks: Arc<chunks::ChunkStore>,
 }
 
 /// What `from_row` reads.
-pub(crate) const SELECT: &str = "id, vm_id, vm_name, owner, path, size_bytes, created_at, scheduled";
+pub(crate) const SELECT: &str = "id, vm_id, vm_name, owner, path, size_bytes, created_at, scheduled, \
+    bytes_read, bytes_written, chunks_reused, incremental, damaged, verified_at, full_reason";
 
 pub(crate) async fn owned(ctx: &Ctx, user: &SessionUser, id: &str) -> ApiResult<Backup> {
     let i = id.to_string();
@@ -118,46 +173,13 @@ fn slug(name: &str) -> String {
     s.chars().take(40).collect()
 }
 
-/// A disk to copy out of a running VM: its block node, and what the copy is made as.
-struct LiveDisk {
-    node: String,
-    format: &'static str,
-    /// The image QEMU has open, whose size the copy must have.
-    path: PathBuf,
-    member: String,
-}
-
-/// Copies one disk of the running VM with a QMP `blockdev-backup` job into `target` (a consistent
-/// point-in-time copy; the guest keeps running).
-async fn live_copy(
-    vms: &VmManager,
-    held: &Held<'_>,
-    disk: &LiveDisk,
-    target: &Path,
-    progress: &(dyn Fn(u64, u64) + Send + Sync),
-) -> ApiResult<()> {
-    let failed_size =
-        |e: anyhow::Error| ApiError::Operation(format!("live backup of {}: {e:#}", disk.member));
-    let size = storage::virtual_size(&vms.qemu_img, &disk.path, disk.format).await.map_err(failed_size)?;
-    storage::create_image_of(&vms.qemu_img, target, disk.format, size).await?;
-    let node = format!("backup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let failed = |e: anyhow::Error| ApiError::Operation(format!("live backup of {}: {e:#}", disk.member));
-    let file =
-        json!({"driver": disk.format, "node-name": node, "file": {"driver": "file", "filename": target}});
-    held.qmp(&qmp::Command::blockdev_add(file)).await.map_err(failed)?;
-    let backup = |job: &str| qmp::Command::blockdev_backup(job, &disk.node, &node);
-    let result = held.qmp_job(backup, JOB_TIMEOUT, progress).await.map_err(failed);
-    let _ = held.qmp(&qmp::Command::blockdev_del(&node)).await;
-    result
-}
-
 /// Takes one backup of a VM (under its lock), as a job whose progress can be read while it runs, and
 /// records it. `scheduled` backups are the ones a schedule's retention may prune.
 pub async fn backup_vm(ctx: &Ctx, vm_id: &str, owner: &str, scheduled: bool) -> ApiResult<Backup> {
     let (st, v, o) = (ctx.clone(), vm_id.to_string(), owner.to_string());
     ctx.jobs
         .run("backup", Some(vm_id), owner, move |progress| async move {
-            let backup = take_backup(&st, &v, &o, scheduled, &progress).await?;
+            let backup = take::take_backup(&st, &v, &o, scheduled, &progress).await?;
             let id = backup.id.clone();
             Ok((backup, Some(id)))
         })
@@ -169,149 +191,16 @@ fn volume_member(v: &crate::store::volumes::Volume) -> String {
     format!("volumes/{}.{}", v.id, v.format.as_str())
 }
 
-async fn take_backup(
-    ctx: &Ctx,
-    vm_id: &str,
-    owner: &str,
-    scheduled: bool,
-    progress: &Progress,
-) -> ApiResult<Backup> {
-    let held = ctx.vms.enter(vm_id, Op::Backup).await?;
-    let vm = held.vm.clone();
-    let id = crate::store::new_id();
-    let backups_dir = ctx.dir.clone();
-    let work =
-        tempfile::Builder::new().prefix(".backup-").tempdir_in(&backups_dir).context("work directory")?;
-    let vm_dir = ctx.vms.vm_dir(&vm.id);
-    let v = vm.id.clone();
-    let volumes = ctx.vms.store.call(move |c| Ok(crate::store::volumes::attached_to(c, &v)?)).await?;
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let disk = vm_dir.disk();
-    let running = held.live();
-    // Live copies are written by QEMU, so they go where QEMU can write even inside its container:
-    // the VM's own directory (removed with the work directory, as they are).
-    let copies = if running {
-        Some(
-            tempfile::Builder::new()
-                .prefix(".backup-")
-                .tempdir_in(vm_dir.path())
-                .context("copy directory")?,
-        )
-    } else {
-        None
-    };
-    if let Some(copies) = &copies {
-        let mut disks = Vec::new();
-        if disk.exists() {
-            disks.push(LiveDisk {
-                node: "disk0".into(),
-                format: "qcow2",
-                path: disk.clone(),
-                member: VmDir::DISK.into(),
-            });
-        }
-        for v in &volumes {
-            disks.push(LiveDisk {
-                node: vmrunner::argv::volume_ids(&v.id).0,
-                format: v.format.as_str(),
-                path: PathBuf::from(&v.path),
-                member: volume_member(v),
-            });
-        }
-        // Copying is the first half of the job, archiving the second.
-        let share = 0.5 / disks.len().max(1) as f64;
-        for (i, d) in disks.iter().enumerate() {
-            progress.phase(&format!("copying {}", d.member));
-            let copy = copies.path().join(format!("copy-{i}"));
-            let from = share * i as f64;
-            live_copy(&ctx.vms, &held, d, &copy, &|done, total| {
-                progress.bytes(done, total, from, from + share)
-            })
-            .await?;
-            files.push((d.member.clone(), copy));
-        }
-    } else {
-        if disk.exists() {
-            if storage::backing_file(&ctx.vms.qemu_img, &disk).await?.is_some() {
-                // A clone's overlay needs its base: archive one self-contained image instead.
-                progress.phase(&format!("flattening {}", VmDir::DISK));
-                let copy = work.path().join(VmDir::DISK);
-                let mut cmd = Command::new(&ctx.vms.qemu_img);
-                cmd.args(["convert", "-f", "qcow2", "-O", "qcow2"]).arg(&disk).arg(&copy);
-                storage::run(cmd, "flattening the disk").await?;
-                files.push((VmDir::DISK.into(), copy));
-            } else {
-                files.push((VmDir::DISK.into(), disk));
-            }
-        }
-        for v in &volumes {
-            files.push((volume_member(v), PathBuf::from(&v.path)));
-        }
+/// A volume as a backup's manifest records it.
+fn archived_volume(v: &crate::store::volumes::Volume) -> archive::ArchivedVolume {
+    archive::ArchivedVolume {
+        id: v.id.clone(),
+        name: v.name.clone(),
+        size_gb: v.size_gb,
+        format: v.format,
+        slot: v.slot,
+        member: volume_member(v),
     }
-    for name in VmDir::FIRMWARE_FILES {
-        let file = vm_dir.path().join(name);
-        if file.is_file() {
-            files.push((name.into(), file));
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(vm_dir.tpm_state()) {
-        for e in entries.filter_map(Result::ok).filter(|e| e.path().is_file()) {
-            files.push((format!("tpm/{}", e.file_name().to_string_lossy()), e.path()));
-        }
-    }
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let target = backups_dir.join(format!("fastvm-{}-{stamp}-{id}.tar.zst", slug(&vm.spec.name)));
-    let tmp = work.path().join("archive.tar.zst");
-    let manifest = Manifest {
-        format: archive::FORMAT.into(),
-        vm_id: vm.id.clone(),
-        vm_name: vm.spec.name.clone(),
-        spec: vm.spec.clone(),
-        created_at: stamp,
-        members: Vec::new(),
-        volumes: volumes
-            .iter()
-            .map(|v| archive::ArchivedVolume {
-                id: v.id.clone(),
-                name: v.name.clone(),
-                size_gb: v.size_gb,
-                format: v.format,
-                slot: v.slot,
-                member: volume_member(v),
-            })
-            .collect(),
-    };
-    progress.phase("archiving");
-    let out = tmp.clone();
-    let p = progress.clone();
-    let from = if running { 0.5 } else { 0.0 };
-    tokio::task::spawn_blocking(move || {
-        archive::write(&out, &files, manifest, &|done, total| p.bytes(done, total, from, 1.0))
-    })
-    .await
-    .context("backup task failed")??;
-    std::fs::rename(&tmp, &target).context("moving the backup into place")?;
-    let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
-    let (i, v, n, o, p) =
-        (id.clone(), vm.id.clone(), vm.spec.name.clone(), owner.to_string(), target.display().to_string());
-    let inserted = ctx
-        .vms
-        .store
-        .call(move |c| {
-            c.execute(
-                &format!(
-                    "INSERT INTO backups ({COLUMNS}, scheduled) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                ),
-                params![i, v, n, o, p, size as i64, stamp, scheduled],
-            )?;
-            Ok(())
-        })
-        .await;
-    if let Err(e) = inserted {
-        let _ = std::fs::remove_file(&target);
-        return Err(e.into());
-    }
-    get(ctx, &id).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("backup vanished")))
 }
 
 async fn get(ctx: &Ctx, id: &str) -> ApiResult<Option<Backup>> {
@@ -326,11 +215,16 @@ async fn get(ctx: &Ctx, id: &str) -> ApiResult<Option<Backup>> {
         .await?)
 }
 
-/// Removes a backup's record and archive.
+/// Removes a backup's record and archive or manifest (and then the chunks no other backup names).
 pub async fn remove(ctx: &Ctx, backup: &Backup) -> ApiResult<()> {
     let i = backup.id.clone();
     ctx.vms.store.call(move |c| Ok(c.execute("DELETE FROM backups WHERE id = ?1", [i])?)).await?;
     let _ = std::fs::remove_file(&backup.path);
+    if backup.chunked() {
+        if let Err(e) = collect_garbage(ctx).await {
+            tracing::warn!(error = %e, "garbage collection after a backup was deleted");
+        }
+    }
     Ok(())
 }
 
@@ -376,12 +270,18 @@ pub struct RestoreRequest {
     pub new_name: Option<String>,
 }
 
-/// Verifies and extracts `archive` into a fresh staging directory next to the VMs' own.
+/// Verifies and extracts `archive` (or a chunked backup's manifest) into a fresh staging directory
+/// next to the VMs' own.
 async fn extract(ctx: &Ctx, archive: &Path, progress: &Progress) -> ApiResult<(tempfile::TempDir, Manifest)> {
     let staging = tempfile::Builder::new()
         .prefix(".restore-")
         .tempdir_in(&ctx.vms.vms_dir)
         .context("staging directory")?;
+    if archive.to_string_lossy().ends_with(MANIFEST_SUFFIX) {
+        let manifest = materialize::materialize(ctx, archive, staging.path(), progress).await?;
+        check_images(ctx, &manifest, staging.path()).await?;
+        return Ok((staging, manifest));
+    }
     progress.phase("verifying and extracting");
     let (archive, dir, p) = (archive.to_path_buf(), staging.path().to_path_buf(), progress.clone());
     let manifest = tokio::task::spawn_blocking(move || {
@@ -625,9 +525,9 @@ async fn restore_upload(
     restore_as_new(ctx, user, manifest, spec, staging.path()).await
 }
 
-/// The backups `user` may see (all of them for admins), newest first.
-pub async fn list(ctx: &Ctx, user: &SessionUser) -> ApiResult<Vec<Backup>> {
-    let all = ctx
+/// Every backup, newest first.
+async fn all(ctx: &Ctx) -> ApiResult<Vec<Backup>> {
+    Ok(ctx
         .vms
         .store
         .call(|c| {
@@ -636,8 +536,46 @@ pub async fn list(ctx: &Ctx, user: &SessionUser) -> ApiResult<Vec<Backup>> {
             let rows = stmt.query_map([], from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
-        .await?;
-    Ok(all.into_iter().filter(|b| user.may_see(&b.owner)).collect())
+        .await?)
+}
+
+/// The backups `user` may see (all of them for admins), newest first.
+pub async fn list(ctx: &Ctx, user: &SessionUser) -> ApiResult<Vec<Backup>> {
+    Ok(all(ctx).await?.into_iter().filter(|b| user.may_see(&b.owner)).collect())
+}
+
+/// A chunked backup packed into one standalone `.tar.zst`, as a job: a temporary file, gone when
+/// dropped.
+pub async fn pack_for_download(
+    ctx: &Ctx,
+    user: &SessionUser,
+    backup: &Backup,
+) -> ApiResult<tempfile::NamedTempFile> {
+    let (st, b) = (ctx.clone(), backup.clone());
+    ctx.jobs
+        .run("download", Some(&backup.vm_id), &user.username, move |progress| async move {
+            let out = tempfile::Builder::new()
+                .prefix(".backup-")
+                .suffix(".tar.zst")
+                .tempfile_in(&st.dir)
+                .context("download file")?;
+            materialize::pack(&st, Path::new(&b.path), out.path(), &progress).await?;
+            Ok((out, Some(b.id)))
+        })
+        .await
+}
+
+/// Verifies one backup (`only`) or all of them, as a job.
+pub async fn verify_job(ctx: &Ctx, owner: &str, only: Option<Backup>) -> ApiResult<Verification> {
+    let st = ctx.clone();
+    let vm_id = only.as_ref().map(|b| b.vm_id.clone());
+    ctx.jobs
+        .run("verify", vm_id.as_deref(), owner, move |progress| async move {
+            let found = verify(&st, only.as_ref(), &progress).await?;
+            let id = only.map(|b| b.id);
+            Ok((found, id))
+        })
+        .await
 }
 
 /// Restores `backup` (as a new VM called `new_name`, or onto its stopped original) as a job whose

@@ -368,6 +368,11 @@ pub async fn restore(vms: &VmManager, vm_id: &str, snap_id: &str) -> ApiResult<S
             missing.join(", ")
         )));
     }
+    // The disks go back in time behind the backups' dirty bitmaps (and qemu-img refuses to revert
+    // an image that has any): the next backup reads them whole.
+    for d in &disks {
+        crate::backups::bitmaps::reset_offline(&vms.qemu_img, &d.path, None).await?;
+    }
     // Reverting the disks first makes both kinds of restore leave the same disks behind. Volumes
     // attached since the snapshot keep their data.
     offline(vms, &disks, "-a", &snap.tag, None).await?;

@@ -149,6 +149,17 @@ const MIGRATIONS: &[&str] = &[
         max_backups    INTEGER
     );
     "#,
+    // 9: chunked, incremental backups (`path` is then the manifest): what each cost, why one read
+    // everything, and what the last verification found. NULL costs: an archive from before.
+    r#"
+    ALTER TABLE backups ADD COLUMN bytes_read INTEGER;
+    ALTER TABLE backups ADD COLUMN bytes_written INTEGER;
+    ALTER TABLE backups ADD COLUMN chunks_reused INTEGER;
+    ALTER TABLE backups ADD COLUMN incremental INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE backups ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE backups ADD COLUMN verified_at INTEGER;
+    ALTER TABLE backups ADD COLUMN full_reason TEXT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
