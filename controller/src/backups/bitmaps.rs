@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use tokio::process::Command;
 
-use crate::vms::held::Held;
+use crate::qmp;
 use vmrunner::qmp::Command as Qmp;
 
 /// Every bitmap the backups make is named so; others (an operator's own) are left alone.
@@ -43,9 +43,9 @@ impl Bitmap {
     }
 }
 
-/// The bitmaps on block node `node` of the running VM.
-pub async fn live(held: &Held<'_>, node: &str) -> anyhow::Result<Vec<Bitmap>> {
-    let nodes = held.qmp(&Qmp::query_named_block_nodes()).await?;
+/// The bitmaps on block node `node` of the QEMU behind `monitor`.
+pub async fn live(monitor: &Path, node: &str) -> anyhow::Result<Vec<Bitmap>> {
+    let nodes = qmp::run(monitor, &Qmp::query_named_block_nodes()).await?;
     let found = nodes.as_array().and_then(|l| l.iter().find(|n| n["node-name"] == node)).cloned();
     let bitmaps = found.map(|n| n["dirty-bitmaps"].clone()).unwrap_or_default();
     if bitmaps.is_null() {
@@ -54,11 +54,11 @@ pub async fn live(held: &Held<'_>, node: &str) -> anyhow::Result<Vec<Bitmap>> {
     serde_json::from_value(bitmaps).context("the dirty bitmaps QEMU reports")
 }
 
-/// Removes the backups' bitmaps of the running VM's node `node` but `keep`.
-pub async fn remove_live_except(held: &Held<'_>, node: &str, keep: Option<&str>) -> anyhow::Result<()> {
-    for b in live(held, node).await? {
+/// Removes the backups' bitmaps of node `node` but `keep`, in the QEMU behind `monitor`.
+pub async fn remove_live_except(monitor: &Path, node: &str, keep: Option<&str>) -> anyhow::Result<()> {
+    for b in live(monitor, node).await? {
         if b.name.starts_with(PREFIX) && Some(b.name.as_str()) != keep {
-            held.qmp(&Qmp::block_dirty_bitmap_remove(node, &b.name))
+            qmp::run(monitor, &Qmp::block_dirty_bitmap_remove(node, &b.name))
                 .await
                 .with_context(|| format!("removing dirty bitmap {}", b.name))?;
         }
@@ -107,12 +107,20 @@ async fn qemu_img_bitmap(qemu_img: &Path, image: &Path, args: &[&str], name: &st
     Ok(())
 }
 
+/// Removes the backups' bitmaps but `keep` from a qcow2 image no QEMU has open.
+pub async fn keep_only_offline(qemu_img: &Path, image: &Path, keep: Option<&str>) -> anyhow::Result<()> {
+    for name in offline(qemu_img, image).await? {
+        if Some(name.as_str()) != keep {
+            qemu_img_bitmap(qemu_img, image, &["--remove"], &name).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes every backup bitmap from a qcow2 image no QEMU has open (its content is about to change
 /// behind the bitmaps' back: a snapshot reverted, a restore) and, with `new`, starts that one.
 pub async fn reset_offline(qemu_img: &Path, image: &Path, new: Option<&str>) -> anyhow::Result<()> {
-    for name in offline(qemu_img, image).await? {
-        qemu_img_bitmap(qemu_img, image, &["--remove"], &name).await?;
-    }
+    keep_only_offline(qemu_img, image, None).await?;
     if let Some(name) = new {
         let granularity = GRANULARITY.to_string();
         qemu_img_bitmap(qemu_img, image, &["--add", "-g", &granularity], name).await?;

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod bitmaps;
 pub mod chunked;
 pub mod chunks;
+mod helper;
 pub mod mapped;
 mod materialize;
 pub mod schedule;

@@ -1,7 +1,8 @@
-//! Taking a backup into the chunk store. A running VM's disks are copied by QEMU at one point in
-//! time (`blockdev-backup`), only what changed since the VM's last backup when that backup's dirty
-//! bitmap is still there and sound; a stopped VM's disks are read straight from their files. Each
-//! qcow2 disk is left with a new bitmap started at this backup's point, recorded in its manifest.
+//! Taking a backup into the chunk store. Disks are copied by QEMU at one point in time
+//! (`blockdev-backup`: the running VM's own QEMU, or for a stopped VM one that holds only its
+//! disk), only what changed since the VM's last backup when that backup's dirty bitmap is still
+//! there and sound; a stopped VM's first backup reads its files directly. Each qcow2 disk is left
+//! with a new bitmap started at this backup's point, recorded in its manifest.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use tokio::process::Command;
 use super::bitmaps;
 use super::chunked::{self, ChunkedDisk, ChunkedManifest, Stats};
 use super::chunks::{ChunkId, Writer};
+use super::helper::BlockHelper;
 use super::mapped::Mapped;
 use super::{Backup, Ctx, JOB_TIMEOUT, MANIFEST_SUFFIX, get, slug, volume_member};
 use crate::error::{ApiError, ApiResult};
@@ -128,7 +130,9 @@ async fn take(
         let earlier = base.as_ref().and_then(|m| m.disks.iter().find(|d| d.member == t.member));
         let copy = work.path().join(format!("copy-{i}.qcow2"));
         let done = if running {
-            live_disk(ctx, held, writer, t, earlier, &bitmap, &copy, report).await?
+            qemu_disk(ctx, &held.monitor(), writer, t, earlier, &bitmap, &copy, report).await?
+        } else if t.marks() && earlier.is_some_and(|d| d.bitmap.is_some()) {
+            stopped_incremental(ctx, writer, t, earlier, &bitmap, &copy, report).await?
         } else {
             stopped_disk(ctx, writer, t, &bitmap, &copy, report).await?
         };
@@ -217,11 +221,14 @@ async fn take(
         return Err(e.into());
     }
     // The bitmaps of the backup before are spent: this one's are the point to read from next.
-    if running {
-        for t in targets.iter().filter(|t| t.marks()) {
-            if let Err(e) = bitmaps::remove_live_except(held, &t.node, Some(&bitmap)).await {
-                tracing::warn!(vm_id = %vm.id, disk = t.member, error = %format!("{e:#}"), "an old dirty bitmap stays");
-            }
+    for t in targets.iter().filter(|t| t.marks()) {
+        let removed = if running {
+            bitmaps::remove_live_except(&held.monitor(), &t.node, Some(&bitmap)).await
+        } else {
+            bitmaps::keep_only_offline(&ctx.vms.qemu_img, &t.path, Some(&bitmap)).await
+        };
+        if let Err(e) = removed {
+            tracing::warn!(vm_id = %vm.id, disk = t.member, error = %format!("{e:#}"), "an old dirty bitmap stays");
         }
     }
     Ok(())
@@ -261,12 +268,41 @@ async fn previous(ctx: &Ctx, writer: &Writer, vm_id: &str) -> Option<ChunkedMani
     }
 }
 
-/// A disk of the running VM: QEMU copies it at this instant into `copy` (a sparse qcow2), whole, or
-/// only what the earlier backup's bitmap marks; then the copy is chunked.
-#[allow(clippy::too_many_arguments)]
-async fn live_disk(
+/// A disk of the stopped VM that has a bitmap from its last backup: opened in a QEMU of its own,
+/// which copies what the bitmap marks as a running VM's would. Should that QEMU not start, a full
+/// read, saying why.
+async fn stopped_incremental(
     ctx: &Ctx,
-    held: &Held<'_>,
+    writer: &Writer,
+    t: &Target,
+    earlier: Option<&ChunkedDisk>,
+    new_bitmap: &str,
+    copy: &Path,
+    progress: Share,
+) -> ApiResult<DiskDone> {
+    let work = copy.parent().unwrap_or(Path::new("/tmp"));
+    match BlockHelper::start(&ctx.vms.qemu, &t.path, &t.node, work).await {
+        Ok(helper) => {
+            let done = qemu_disk(ctx, helper.monitor(), writer, t, earlier, new_bitmap, copy, progress).await;
+            helper.quit().await;
+            done
+        }
+        Err(e) => {
+            tracing::warn!(disk = %t.path.display(), error = %format!("{e:#}"), "no incremental read of a stopped disk");
+            let mut done = stopped_disk(ctx, writer, t, new_bitmap, copy, progress).await?;
+            done.full_because = Some(format!("QEMU could not open the disk to read its bitmap: {e:#}"));
+            Ok(done)
+        }
+    }
+}
+
+/// A disk open in the QEMU behind `monitor` (the running VM's, or a helper's): QEMU copies it at this
+/// instant into `copy` (a sparse qcow2), whole, or only what the earlier backup's bitmap marks; then
+/// the copy is chunked.
+#[allow(clippy::too_many_arguments)]
+async fn qemu_disk(
+    ctx: &Ctx,
+    monitor: &Path,
     writer: &Writer,
     t: &Target,
     earlier: Option<&ChunkedDisk>,
@@ -279,10 +315,10 @@ async fn live_disk(
     let size = storage::virtual_size(&ctx.vms.qemu_img, &t.path, t.format.as_str()).await.map_err(failed)?;
     let marks = t.marks();
     let (since, full_because) = if marks {
-        let live = bitmaps::live(held, &t.node).await.map_err(failed)?;
+        let live = bitmaps::live(monitor, &t.node).await.map_err(failed)?;
         let (since, why) = trusted_bitmap(earlier, size, &live);
         // Strays (a backup cut short, a bitmap QEMU found inconsistent) go: at most one stays.
-        bitmaps::remove_live_except(held, &t.node, since.as_deref()).await.map_err(failed)?;
+        bitmaps::remove_live_except(monitor, &t.node, since.as_deref()).await.map_err(failed)?;
         (since, why)
     } else {
         (None, earlier.map(|_| "a raw volume keeps no dirty bitmap".to_string()))
@@ -290,7 +326,7 @@ async fn live_disk(
     storage::create_image_of(&ctx.vms.qemu_img, copy, "qcow2", size).await?;
     let node = format!("backup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let file = serde_json::json!({"driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": copy}});
-    held.qmp(&qmp::Command::blockdev_add(file)).await.map_err(failed)?;
+    qmp::run(monitor, &qmp::Command::blockdev_add(file)).await.map_err(failed)?;
     let backup = |job: &str| {
         if marks {
             qmp::Command::blockdev_backup_marked(
@@ -306,11 +342,11 @@ async fn live_disk(
         }
     };
     // Copying is the first half of this disk's share, chunking the second.
-    let copied = held
-        .qmp_job(backup, JOB_TIMEOUT, &|done, total| progress.report(done / 2, total.max(1)))
-        .await
-        .map_err(failed);
-    let _ = held.qmp(&qmp::Command::blockdev_del(&node)).await;
+    let copied =
+        qmp::run_job(monitor, backup, JOB_TIMEOUT, &|done, total| progress.report(done / 2, total.max(1)))
+            .await
+            .map_err(failed);
+    let _ = qmp::run(monitor, &qmp::Command::blockdev_del(&node)).await;
     let chunked = async {
         copied?;
         let image = Mapped::open(&ctx.vms.qemu_img, copy, "qcow2").await.map_err(failed)?;
@@ -329,7 +365,7 @@ async fn live_disk(
         Err(e) => {
             // The new bitmap marks a point no backup records: the old one stays the one to read from.
             if marks {
-                let _ = bitmaps::remove_live_except(held, &t.node, since.as_deref()).await;
+                let _ = bitmaps::remove_live_except(monitor, &t.node, since.as_deref()).await;
             }
             return Err(e);
         }
