@@ -177,6 +177,7 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
             }
         });
     }
+    backups::kill_stray_helpers(&state.vms.vms_dir);
     let recovering = state.backups();
     tokio::spawn(async move {
         if let Err(e) = backups::recover(&recovering).await {

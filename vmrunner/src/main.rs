@@ -6,7 +6,6 @@ mod error;
 mod net;
 mod prepare;
 mod supervise;
-mod tied;
 
 use std::process::ExitCode;
 

@@ -68,3 +68,23 @@ impl BlockHelper {
         }
     }
 }
+
+/// Kills the helper QEMUs a controller killed mid-backup left holding disks under `vms_dir` (for
+/// the next start: the parent-death signal does not always reach them).
+pub fn kill_strays(vms_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let ours = format!("{}/", vms_dir.display());
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let helper = args.windows(2).any(|w| w[0] == "-machine" && w[1] == "none")
+            && args.iter().any(|a| a.starts_with("unix:") && a.contains(&ours) && a.contains("/.backup-"));
+        if helper {
+            tracing::info!(pid, "killing a backup's helper QEMU left by an earlier run");
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}

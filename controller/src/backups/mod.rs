@@ -13,6 +13,7 @@ mod take;
 mod upkeep;
 mod write_behind;
 
+pub use helper::kill_strays as kill_stray_helpers;
 pub use upkeep::{Verification, collect_garbage, recover, verify};
 
 use std::path::{Path, PathBuf};
