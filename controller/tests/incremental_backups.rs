@@ -236,5 +236,17 @@ async fn a_running_guest_backs_up_only_what_changed_and_every_backup_restores_ex
     assert_eq!(bitmaps_in(&disk)?, vec![format!("fastvm-backup-{fourth_id}")]);
     let m4 = manifest(&data, &fourth)?;
     assert_eq!(disk_chunks(&m4), disk_chunks(&m3), "the same disk, the same chunks");
+
+    // A snapshot restored goes back in time behind the bitmap's back: the restore drops it (QEMU
+    // refuses to revert a disk with bitmaps), and the next backup reads everything, saying why.
+    let (status, snap) = s.post(&format!("/api/vms/{vm}/snapshots"), &admin, json!({"name": "before"})).await;
+    assert_eq!(status, StatusCode::OK, "{snap}");
+    let snap = snap["snapshot"]["id"].as_str().ok_or("snapshot id")?.to_string();
+    let (status, body) = s.post(&format!("/api/vms/{vm}/snapshots/{snap}/restore"), &admin, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(bitmaps_in(&disk)?, Vec::<String>::new());
+    let (fifth, _) = backup(&s, &admin, &vm).await?;
+    assert_eq!(fifth["incremental"], false, "{fifth}");
+    assert!(fifth["full_reason"].as_str().is_some_and(|r| r.contains("gone")), "{fifth}");
     Ok(())
 }

@@ -1,4 +1,5 @@
-// Backups: every backup you may see; restore one as a new VM (or onto its original), delete it.
+// Backups: every backup you may see; verify one, restore it as a new VM (or onto its original),
+// delete it.
 
 import { del, get, post, upload } from './api.js';
 
@@ -17,6 +18,24 @@ export function backups() {
 
     backupSize(b) {
       return b.size_mb.toFixed(1) + ' MB';
+    },
+
+    /** How it was taken: what it read and what it added to the store (older archives say nothing). */
+    backupKind(b) {
+      if (b.bytes_read === null || b.bytes_read === undefined) return 'archive';
+      const mb = (n) => (n / 1048576).toFixed(1) + ' MB';
+      const how = b.incremental ? 'incremental' : 'full';
+      return how + ', read ' + mb(b.bytes_read) + ', new ' + mb(b.bytes_written);
+    },
+
+    /** Re-reads every chunk of the backup; the list then shows what was found. */
+    async verifyBackup(b) {
+      await this.attempt('backup', 'Verify', async () => {
+        const v = await post('/api/backups/' + b.id + '/verify');
+        if (!v.ok) throw new Error(v.message);
+        return v;
+      }, b.vm_name + ': backup verified');
+      await this.openBackups();
     },
 
     backupWhen(b) {

@@ -191,33 +191,59 @@ pub fn store_file(store: &Writer, name: &str, path: &Path) -> anyhow::Result<Chu
             break;
         }
     }
+    store.flush()?;
     Ok(ChunkedFile { name: name.into(), size, chunks })
 }
 
-/// Writes a disk's data as a raw image at `target` (sparse: chunks of zeros are skipped).
-/// `on_chunk` gets the bytes done so far.
+/// Writes a disk's data as a raw image at `target`, reading, checking and writing its chunks on
+/// every core (sparse: chunks of zeros are skipped unread). `on_chunk` gets the bytes done so far.
 pub fn restore_raw(
     store: &ChunkStore,
     disk: &ChunkedDisk,
     target: &Path,
-    on_chunk: &dyn Fn(u64),
+    on_chunk: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<()> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     let f = File::create(target).with_context(|| format!("creating {}", target.display()))?;
     f.set_len(disk.size)?;
-    let mut zero = std::collections::HashSet::new();
-    for (i, id) in disk.chunks.iter().enumerate() {
-        let len = chunk_len(disk.size, i as u64);
-        if zero.contains(id) {
-            continue;
+    let count = disk.chunks.len() as u64;
+    let zero_full = ChunkId::of(&vec![0u8; CHUNK_SIZE]);
+    let last_len = if count == 0 { 0 } else { chunk_len(disk.size, count - 1) };
+    let zero_last = ChunkId::of(&vec![0u8; last_len]);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let (next, done) = (AtomicUsize::new(0), AtomicU64::new(0));
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let restore_one = |i: usize| -> anyhow::Result<()> {
+        let (id, len) = (&disk.chunks[i], chunk_len(disk.size, i as u64));
+        let zero = if len == CHUNK_SIZE { &zero_full } else { &zero_last };
+        if id != zero {
+            let data = store.get(id)?;
+            ensure!(data.len() == len, "chunk {} of {} has {} bytes, not {len}", i, disk.member, data.len());
+            f.write_all_at(&data, i as u64 * CHUNK_SIZE as u64)?;
         }
-        let data = store.get(id)?;
-        ensure!(data.len() == len, "chunk {} of {} has {} bytes, not {len}", i, disk.member, data.len());
-        if data.iter().all(|&b| b == 0) {
-            zero.insert(id.clone());
-            continue;
+        on_chunk(done.fetch_add(len as u64, Ordering::Relaxed) + len as u64);
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= disk.chunks.len() {
+                        return;
+                    }
+                    if let Err(e) = restore_one(i) {
+                        failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                        next.store(disk.chunks.len(), Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
         }
-        f.write_all_at(&data, i as u64 * CHUNK_SIZE as u64)?;
-        on_chunk(i as u64 * CHUNK_SIZE as u64);
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
     }
     f.sync_all()?;
     Ok(())

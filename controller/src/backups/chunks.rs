@@ -101,6 +101,9 @@ pub struct Writer(Arc<Pinned>);
 struct Pinned {
     store: Arc<ChunkStore>,
     key: u64,
+    /// Chunks written under a temporary name, to be flushed and renamed into place together (one
+    /// flush per chunk as it is written would halve a backup's speed).
+    pending: Mutex<Vec<(PathBuf, PathBuf)>>,
 }
 
 impl Writer {
@@ -109,11 +112,56 @@ impl Writer {
     }
 
     /// Stores `data` under its hash, unless a chunk of that name is there already.
+    /// The chunk is in place once `flush` returned.
     pub fn put(&self, data: &[u8]) -> anyhow::Result<(ChunkId, Stored)> {
         let id = ChunkId::of(data);
         self.pin([id.clone()]);
-        let stored = self.0.store.put_as(&id, data)?;
+        let stored = match self.0.store.write_aside(&id, data)? {
+            Some((tmp, path, len)) => {
+                self.0.pending.lock().unwrap_or_else(|e| e.into_inner()).push((tmp, path));
+                Stored::New(len)
+            }
+            None => Stored::Reused,
+        };
         Ok((id, stored))
+    }
+
+    /// Flushes the chunks written since the last flush and moves them into place, on every core
+    /// (a manifest may name them from then on).
+    pub fn flush(&self) -> anyhow::Result<()> {
+        let pending = std::mem::take(&mut *self.0.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((tmp, path)) = pending.get(i) else { return };
+                        let placed = File::open(tmp)
+                            .and_then(|f| f.sync_all())
+                            .and_then(|()| std::fs::rename(tmp, path));
+                        if let Err(e) = placed {
+                            let _ = std::fs::remove_file(tmp);
+                            let e = anyhow::Error::from(e).context(format!("writing {}", path.display()));
+                            failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        // The renames themselves, durable.
+        let dirs: HashSet<&Path> = pending.iter().filter_map(|(_, p)| p.parent()).collect();
+        for dir in dirs {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("flushing {}", dir.display()))?;
+        }
+        Ok(())
     }
 
     pub fn pin(&self, ids: impl IntoIterator<Item = ChunkId>) {
@@ -136,6 +184,10 @@ impl Writer {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
+        // Written but never flushed: the backup failed.
+        for (tmp, _) in self.pending.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_file(tmp);
+        }
         self.store.pins().held.remove(&self.key);
     }
 }
@@ -161,7 +213,7 @@ impl ChunkStore {
     pub fn writer(self: &Arc<Self>) -> Writer {
         let mut pins = self.pins();
         pins.next += 1;
-        Writer(Arc::new(Pinned { store: self.clone(), key: pins.next }))
+        Writer(Arc::new(Pinned { store: self.clone(), key: pins.next, pending: Mutex::default() }))
     }
 
     /// The bytes `ids` take in the store, each counted once.
@@ -199,28 +251,23 @@ impl ChunkStore {
         self.path(id).is_file()
     }
 
-    /// Stores `data` as chunk `id` unless it is there already (see `Writer::put`).
-    fn put_as(&self, id: &ChunkId, data: &[u8]) -> anyhow::Result<Stored> {
+    /// Writes `data` compressed beside where chunk `id` goes, unless that chunk is there already:
+    /// the temporary file, the chunk's path and the bytes written (see `Writer::put`, `flush`).
+    fn write_aside(&self, id: &ChunkId, data: &[u8]) -> anyhow::Result<Option<(PathBuf, PathBuf, u64)>> {
         let path = self.path(id);
         if path.is_file() {
-            return Ok(Stored::Reused);
+            return Ok(None);
         }
         let compressed = zstd::bulk::compress(data, ZSTD_LEVEL).context("compressing a chunk")?;
         let dir = path.parent().context("chunk path")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         // Two writers of one chunk (two backups at once) each write their own temporary file.
         let tmp = dir.join(format!(".{}.{}.tmp", id.0, uuid::Uuid::new_v4().simple()));
-        let written = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&compressed)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
+        if let Err(e) = File::create(&tmp).and_then(|mut f| f.write_all(&compressed)) {
             let _ = std::fs::remove_file(&tmp);
             return Err(anyhow::Error::from(e).context(format!("writing chunk {}", id.0)));
         }
-        Ok(Stored::New(compressed.len() as u64))
+        Ok(Some((tmp, path, compressed.len() as u64)))
     }
 
     /// A chunk's data, checked against its name.
@@ -286,8 +333,8 @@ pub enum Next {
 }
 
 /// Stores the chunks `read` yields (in order, until `None`) on every core: reading stays on the
-/// calling thread, hashing, compressing and writing spread over the others. The chunk names come
-/// back in the order the data came.
+/// calling thread, hashing, compressing and writing spread over the others; they are all flushed
+/// into place before it returns. The chunk names come back in the order the data came.
 pub fn store_all(
     store: &Writer,
     mut read: impl FnMut() -> anyhow::Result<Option<Next>>,
@@ -355,6 +402,7 @@ pub fn store_all(
             return Err(e);
         }
         totals.chunks = slots.into_iter().collect::<Option<Vec<_>>>().context("a chunk was not stored")?;
+        store.flush()?;
         Ok(totals)
     })
 }
@@ -432,11 +480,24 @@ mod tests {
         let chunks = Arc::new(ChunkStore::open(dir.path())?);
         let (named, pinned, loose) = {
             let w = chunks.writer();
-            (w.put(&noise(100, 1))?.0, w.put(&noise(100, 2))?.0, w.put(&noise(100, 3))?.0)
+            let ids = (w.put(&noise(100, 1))?.0, w.put(&noise(100, 2))?.0, w.put(&noise(100, 3))?.0);
+            w.flush()?;
+            ids
         };
         let under_way = chunks.writer();
         under_way.pin([pinned.clone()]);
         let fresh = under_way.put(&noise(100, 4))?.0;
+        under_way.flush()?;
+        // Written but not flushed: a backup that fails leaves nothing.
+        let never = {
+            let failing = chunks.writer();
+            failing.put(&noise(100, 5))?.0
+        };
+        assert!(!chunks.contains(&never));
+        assert!(
+            std::fs::read_dir(dir.path().join(&never.as_str()[..2]))?
+                .all(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".tmp")))
+        );
         let done = chunks.collect(|| Ok([named.clone()].into()))?;
         assert_eq!((done.removed, done.kept), (1, 3), "{done:?}");
         assert!(done.bytes_freed > 0);
@@ -458,7 +519,9 @@ mod tests {
     fn a_damaged_or_missing_chunk_is_an_error_naming_it() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Arc::new(ChunkStore::open(dir.path())?);
-        let (id, stored) = store.writer().put(&noise(1000, 2))?;
+        let w = store.writer();
+        let (id, stored) = w.put(&noise(1000, 2))?;
+        w.flush()?;
         assert!(matches!(stored, Stored::New(_)));
         let path = store.path(&id);
         let other = zstd::bulk::compress(&noise(1000, 3), 1)?;
