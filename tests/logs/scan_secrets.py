@@ -18,8 +18,11 @@ SHAPES = {
     # HS256 session tokens.
     "a session token (JWT)": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
     "a password hash (bcrypt)": re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}"),
-    # Console tickets and JWT secrets: 256 random bits, hex.
-    "a console ticket or secret (64 hex digits)": re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{64}(?![0-9A-Za-z])"),
+    # Console tickets and JWT secrets: 256 random bits, hex. A backup chunk's name has the same
+    # shape (the SHA-256 of its data, no secret): named as one ("chunk <name>", a path in chunks/).
+    "a console ticket or secret (64 hex digits)": re.compile(
+        r"(?<![0-9A-Za-z])(?<!chunk )(?<!chunks/[0-9a-f][0-9a-f]/)[0-9a-f]{64}(?![0-9A-Za-z])"
+    ),
     # SPICE passwords: 24 random letters and digits (mixed case, so not an id or a word).
     "a SPICE password (24 random letters and digits)": re.compile(
         r"(?<![0-9A-Za-z])(?=[0-9A-Za-z]*[a-z])(?=[0-9A-Za-z]*[A-Z])(?=[0-9A-Za-z]*[0-9])[0-9A-Za-z]{24}(?![0-9A-Za-z])"
@@ -72,6 +75,8 @@ def self_test() -> int:
         "mac 52:54:00:12:34:56 path /var/lib/fastvm/vms/3f2a9c0d4b1e4f6a8c7d5e3b2a1f0e9d/disk0.qcow2",
         "job fastvm-1a2b3c4d snapshot fastvm-3f2a9c0d4b1e4f6a8c7d5e3b2a1f0e9d removed; password changed for admin",
         '"password_changed": true, "must_change_password": false, token expired',
+        "WARN verification error=chunk " + "4b" * 32 + " is damaged: its data does not match its name",
+        "writing /var/lib/fastvm/backups/chunks/4b/" + "4b" * 32 + ": No space left on device",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         directory = pathlib.Path(tmp)
