@@ -177,13 +177,16 @@ pub async fn prepare(mut settings: Settings) -> anyhow::Result<AppState> {
             }
         });
     }
-    backups::kill_stray_helpers(&state.vms.vms_dir);
-    let recovering = state.backups();
-    tokio::spawn(async move {
-        if let Err(e) = backups::recover(&recovering).await {
-            tracing::warn!(error = %e, "could not look for backup manifests without a record");
-        }
-    });
+    // Only a backup cut short leaves anything for the backups to clean up.
+    if state.jobs.interrupted().iter().any(|j| j.kind == "backup") {
+        backups::kill_stray_helpers(&state.vms.vms_dir);
+        let recovering = state.backups();
+        tokio::spawn(async move {
+            if let Err(e) = backups::recover(&recovering).await {
+                tracing::warn!(error = %e, "could not clean up after an interrupted backup");
+            }
+        });
+    }
     metrics::start_collector(state.metrics.clone(), state.vms.clone(), state.settings.data_dir.clone());
     let scheduler = state.clone();
     tokio::spawn(async move {

@@ -10,7 +10,6 @@ pub mod qga;
 pub mod qmp;
 pub mod run_config;
 pub mod spec;
-pub mod tied;
 pub mod validate;
 
 pub use spec::{

@@ -6,6 +6,7 @@ mod error;
 mod net;
 mod prepare;
 mod supervise;
+mod tied;
 
 use std::process::ExitCode;
 

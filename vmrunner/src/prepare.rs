@@ -80,7 +80,7 @@ pub fn swtpm(cfg: &RunConfig) -> Result<Option<Child>> {
     std::fs::create_dir_all(&state).map_err(io(format!("creating {}", state.display())))?;
     let sock = cfg.launch.run().swtpm();
     let _ = std::fs::remove_file(&sock);
-    let mut child = vmrunner::tied::dies_with_us(&mut Command::new(&cfg.swtpm))
+    let mut child = crate::tied::dies_with_us(&mut Command::new(&cfg.swtpm))
         .args(["socket", "--tpm2", "--terminate"])
         .arg("--tpmstate")
         .arg(format!("dir={}", state.display()))

@@ -100,7 +100,7 @@ fn start_and_wait(cfg: &RunConfig) -> Result<ExitStatus> {
         .open(&log_path)
         .map_err(io(format!("opening {}", log_path.display())))?;
     let log_err = log.try_clone().map_err(io("sharing the QEMU log"))?;
-    let mut qemu = match vmrunner::tied::dies_with_us(&mut Command::new(&cfg.qemu))
+    let mut qemu = match crate::tied::dies_with_us(&mut Command::new(&cfg.qemu))
         .args(&args)
         .stdin(Stdio::null())
         .stdout(log)

@@ -68,19 +68,7 @@ pub async fn remove_live_except(monitor: &Path, node: &str, keep: Option<&str>) 
 
 /// The names of the backups' bitmaps in a qcow2 image that no QEMU has open.
 pub async fn offline(qemu_img: &Path, image: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Command::new(qemu_img)
-        .args(["info", "-f", "qcow2", "--output=json"])
-        .arg(image)
-        .output()
-        .await
-        .with_context(|| format!("running {}", qemu_img.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "qemu-img info {}: {}",
-        image.display(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).context("qemu-img info output")?;
+    let info = crate::storage::image_info(qemu_img, image).await?;
     let list = info["format-specific"]["data"]["bitmaps"].as_array().cloned().unwrap_or_default();
     Ok(list
         .iter()

@@ -4,7 +4,7 @@
 //! the chunks no manifest names.
 //!
 //! A chunk appears under its name only complete and flushed (written aside, synced, renamed), so a
-//! crash leaves at worst a temporary file, which `open` sweeps.
+//! crash leaves at worst a temporary file, which `sweep_temporary` removes.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -193,17 +193,22 @@ impl Drop for Pinned {
 }
 
 impl ChunkStore {
-    /// The store in `dir` (created if missing); temporary files a crash left are removed.
+    /// The store in `dir` (created if missing).
     pub fn open(dir: &Path) -> anyhow::Result<ChunkStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for sub in std::fs::read_dir(dir)?.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
+        Ok(ChunkStore { dir: dir.to_path_buf(), pins: Mutex::default() })
+    }
+
+    /// Removes the chunks a backup cut short by a crash wrote aside and never flushed into place.
+    pub fn sweep_temporary(&self) -> anyhow::Result<()> {
+        for sub in std::fs::read_dir(&self.dir)?.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
             for e in std::fs::read_dir(sub.path())?.filter_map(Result::ok) {
                 if e.file_name().to_string_lossy().ends_with(".tmp") {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
         }
-        Ok(ChunkStore { dir: dir.to_path_buf(), pins: Mutex::default() })
+        Ok(())
     }
 
     fn pins(&self) -> MutexGuard<'_, Pins> {
@@ -544,6 +549,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("ab"))?;
         std::fs::write(dir.path().join("ab").join(".abcd.1.tmp"), b"half")?;
         let store = Arc::new(ChunkStore::open(dir.path())?);
+        store.sweep_temporary()?;
         assert!(std::fs::read_dir(dir.path().join("ab"))?.next().is_none());
         assert!(store.all()?.is_empty());
         Ok(())

@@ -69,8 +69,8 @@ impl BlockHelper {
     }
 }
 
-/// Kills the helper QEMUs a controller killed mid-backup left holding disks under `vms_dir` (for
-/// the next start: the parent-death signal does not always reach them).
+/// Kills the helper QEMUs a controller killed mid-backup left holding disks under `vms_dir` (at the
+/// next start; a controller that stops normally kills its helper as it drops it).
 pub fn kill_strays(vms_dir: &Path) {
     let Ok(entries) = std::fs::read_dir("/proc") else { return };
     let ours = format!("{}/", vms_dir.display());

@@ -23,24 +23,25 @@ fn damaged(e: anyhow::Error) -> ApiError {
     }
 }
 
-/// Writes the backup's files into `dir` (empty) and returns its manifest as an archive's, with
-/// the files listed as members.
+/// Writes the backup's files into `dir` (empty) and returns its manifest as an archive's, and the
+/// names of the files written (relative to `dir`, sorted).
 pub(super) async fn materialize(
     ctx: &Ctx,
     manifest_path: &Path,
     dir: &Path,
     progress: &Progress,
-) -> ApiResult<Manifest> {
+) -> ApiResult<(Manifest, Vec<String>)> {
     let path = manifest_path.to_path_buf();
     let m = tokio::task::spawn_blocking(move || ChunkedManifest::load(&path))
         .await
         .context("restore task")?
         .map_err(damaged)?;
-    for name in m.disks.iter().map(|d| &d.member).chain(m.files.iter().map(|f| &f.name)) {
-        if !archive::allowed_member(name) {
-            return Err(ApiError::BadRequest(format!("The backup is damaged: it names a file {name:?}")));
-        }
+    let mut names: Vec<String> =
+        m.disks.iter().map(|d| &d.member).chain(m.files.iter().map(|f| &f.name)).cloned().collect();
+    if let Some(name) = names.iter().find(|n| !archive::allowed_member(n)) {
+        return Err(ApiError::BadRequest(format!("The backup is damaged: it names a file {name:?}")));
     }
+    names.sort();
     progress.phase("reading and checking the chunks");
     let total: u64 = m.disks.iter().map(|d| d.size).sum::<u64>().max(1);
     let mut before = 0u64;
@@ -81,7 +82,7 @@ pub(super) async fn materialize(
             .map_err(damaged)?;
     }
     progress.bytes_now(total, total, 0.0, 1.0);
-    Ok(Manifest {
+    let manifest = Manifest {
         format: archive::FORMAT.into(),
         vm_id: m.vm_id,
         vm_name: m.vm_name,
@@ -89,7 +90,8 @@ pub(super) async fn materialize(
         created_at: m.created_at,
         members: Vec::new(),
         volumes: m.volumes,
-    })
+    };
+    Ok((manifest, names))
 }
 
 /// Packs a chunked backup into one standalone `.tar.zst` (today's archive format, restorable by
@@ -97,14 +99,8 @@ pub(super) async fn materialize(
 pub(super) async fn pack(ctx: &Ctx, manifest_path: &Path, out: &Path, progress: &Progress) -> ApiResult<()> {
     debug_assert!(manifest_path.to_string_lossy().ends_with(MANIFEST_SUFFIX));
     let work = tempfile::Builder::new().prefix(".backup-").tempdir_in(&ctx.dir).context("work directory")?;
-    let manifest = materialize(ctx, manifest_path, work.path(), progress).await?;
-    let mut files = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    collect(work.path(), work.path(), &mut names)?;
-    names.sort();
-    for name in names {
-        files.push((name.clone(), work.path().join(&name)));
-    }
+    let (manifest, names) = materialize(ctx, manifest_path, work.path(), progress).await?;
+    let files: Vec<(String, PathBuf)> = names.into_iter().map(|n| (n.clone(), work.path().join(n))).collect();
     progress.phase("packing the archive");
     let (out, p) = (out.to_path_buf(), progress.clone());
     tokio::task::spawn_blocking(move || {
@@ -112,18 +108,5 @@ pub(super) async fn pack(ctx: &Ctx, manifest_path: &Path, out: &Path, progress: 
     })
     .await
     .context("download task")??;
-    Ok(())
-}
-
-/// The files under `dir`, as names relative to `root`.
-fn collect(root: &Path, dir: &Path, names: &mut Vec<String>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(root, &path, names)?;
-        } else if let Ok(rel) = path.strip_prefix(root) {
-            names.push(rel.to_string_lossy().into_owned());
-        }
-    }
     Ok(())
 }

@@ -280,7 +280,7 @@ async fn extract(ctx: &Ctx, archive: &Path, progress: &Progress) -> ApiResult<(t
         .tempdir_in(&ctx.vms.vms_dir)
         .context("staging directory")?;
     if archive.to_string_lossy().ends_with(MANIFEST_SUFFIX) {
-        let manifest = materialize::materialize(ctx, archive, staging.path(), progress).await?;
+        let (manifest, _) = materialize::materialize(ctx, archive, staging.path(), progress).await?;
         check_images(ctx, &manifest, staging.path()).await?;
         return Ok((staging, manifest));
     }

@@ -50,9 +50,11 @@ pub async fn collect_garbage(ctx: &Ctx) -> ApiResult<Collected> {
     Ok(done)
 }
 
-/// At start: a manifest without a record (the controller stopped between writing it and
-/// recording it) goes, and so do the chunks only it named.
+/// At start after a backup was cut short: the chunks it wrote aside, a manifest it wrote but did not
+/// record, and the chunks only that manifest named go.
 pub async fn recover(ctx: &Ctx) -> ApiResult<()> {
+    let store = ctx.chunks.clone();
+    tokio::task::spawn_blocking(move || store.sweep_temporary()).await.context("recovery task")??;
     let recorded: HashSet<PathBuf> = ctx
         .vms
         .store
@@ -97,28 +99,14 @@ pub async fn verify(ctx: &Ctx, only: Option<&Backup>, progress: &Progress) -> Ap
     }
     let all = super::all(ctx).await?;
     let chunked: Vec<Backup> = all.into_iter().filter(Backup::chunked).collect();
-    // Which backups name which chunks; a manifest that cannot be read is damage of its own.
-    let mut names: HashMap<String, HashSet<ChunkId>> = HashMap::new();
-    let mut unreadable = Vec::new();
-    for b in &chunked {
-        let path = PathBuf::from(&b.path);
-        match tokio::task::spawn_blocking(move || ChunkedManifest::load(&path))
-            .await
-            .context("verify task")?
-        {
-            Ok(m) => {
-                names.insert(b.id.clone(), m.chunk_names().into_iter().cloned().collect());
-            }
-            Err(e) => {
-                tracing::warn!(backup = b.id, error = %format!("{e:#}"), "a backup manifest cannot be read");
-                unreadable.push(b.id.clone());
-            }
-        }
-    }
     let checked_ids: Vec<String> = match only {
         Some(b) => vec![b.id.clone()],
         None => chunked.iter().map(|b| b.id.clone()).collect(),
     };
+    let (checked, others): (Vec<Backup>, Vec<Backup>) =
+        chunked.into_iter().partition(|b| checked_ids.contains(&b.id));
+    // Which backups name which chunks; a manifest that cannot be read is damage of its own.
+    let (mut names, unreadable) = chunks_named_by(&checked).await?;
     let mut to_check: Vec<ChunkId> = checked_ids
         .iter()
         .filter_map(|id| names.get(id))
@@ -132,11 +120,15 @@ pub async fn verify(ctx: &Ctx, only: Option<&Backup>, progress: &Progress) -> Ap
     let (store, list, p) = (ctx.chunks.clone(), to_check.clone(), progress.clone());
     let bad: HashSet<ChunkId> =
         tokio::task::spawn_blocking(move || check_chunks(&store, &list, &p)).await.context("verify task")?;
+    // The other backups matter only if they share a bad chunk.
+    if !bad.is_empty() {
+        names.extend(chunks_named_by(&others).await?.0);
+    }
     let mut damaged: Vec<String> = names
         .iter()
         .filter(|(_, ids)| ids.iter().any(|id| bad.contains(id)))
         .map(|(id, _)| id.clone())
-        .chain(unreadable.iter().filter(|id| checked_ids.contains(id)).cloned())
+        .chain(unreadable.iter().cloned())
         .collect();
     damaged.sort();
     let now = now_unix();
@@ -182,6 +174,29 @@ pub async fn verify(ctx: &Ctx, only: Option<&Backup>, progress: &Progress) -> Ap
         damaged_backups: damaged,
         message,
     })
+}
+
+/// The chunks each of `backups` names, by backup id; and the ids of those whose manifest cannot be
+/// read.
+async fn chunks_named_by(backups: &[Backup]) -> ApiResult<(HashMap<String, HashSet<ChunkId>>, Vec<String>)> {
+    let mut names = HashMap::new();
+    let mut unreadable = Vec::new();
+    for b in backups {
+        let path = PathBuf::from(&b.path);
+        match tokio::task::spawn_blocking(move || ChunkedManifest::load(&path))
+            .await
+            .context("verify task")?
+        {
+            Ok(m) => {
+                names.insert(b.id.clone(), m.chunk_names().into_iter().cloned().collect());
+            }
+            Err(e) => {
+                tracing::warn!(backup = b.id, error = %format!("{e:#}"), "a backup manifest cannot be read");
+                unreadable.push(b.id.clone());
+            }
+        }
+    }
+    Ok((names, unreadable))
 }
 
 /// The chunks of `ids` that are missing or do not match their name, read on every core.

@@ -149,7 +149,7 @@ pub async fn grow_image(qemu_img: &Path, image: &Path, size_gb: u64) -> ApiResul
 }
 
 /// `qemu-img info` of one qcow2 image (`-U`: readable while a VM uses it).
-async fn image_info(qemu_img: &Path, image: &Path) -> anyhow::Result<serde_json::Value> {
+pub async fn image_info(qemu_img: &Path, image: &Path) -> anyhow::Result<serde_json::Value> {
     image_info_as(qemu_img, image, "qcow2").await
 }
 
